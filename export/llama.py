@@ -1,0 +1,204 @@
+"""Llama-architecture checkpoint -> the split nets of the contract, as ONNX files.
+
+Weights come in with Hugging Face parameter names (`model.layers.0.self_attn.q_proj.weight`,
+...), whatever file they were read from. Net and tensor names follow the vendor
+(LLM-TPU) conventions so the same files compile with tpu-mlir:
+
+  embedding        input_ids [1,L] int32                      -> hidden [1,L,H]
+  embedding_cache  input_ids [1,1] int32                      -> hidden [1,1,H]
+  block_<i>        input_states [1,L,H], position_ids [1,L], attention_mask [1,1,L,L]
+                   -> hidden_states, past_k [1,L,KV,D], past_v
+  block_cache_<i>  input_states [1,1,H], position_ids [1,1], attention_mask [1,1,1,SEQ+1],
+                   history_k [1,SEQ,KV,D], history_v -> hidden_states, present_k [1,1,KV,D], present_v
+  lm_head          hidden_states [1,1,H] -> logits [1,V]
+
+L is dynamic in the ONNX files (`prefill_len` fixes it for a static compile); SEQ, the KV
+cache length, is fixed here and read back from the files by the runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from export.onnx_graph import Dim, Graph
+
+Tensors = Mapping[str, np.ndarray]
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class LlamaArch:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    max_positions: int = 2048
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rope_tables(arch: LlamaArch, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin per position, laid out as HF's rotate_half expects: [pos, D] = cat(f, f)."""
+    half = arch.head_dim // 2
+    inv_freq = 1.0 / (arch.rope_theta ** (np.arange(half, dtype=np.float64) * 2 / arch.head_dim))
+    angles = np.outer(np.arange(positions, dtype=np.float64), inv_freq)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _weight_in_out(tensors: Tensors, name: str) -> np.ndarray:
+    return np.asarray(tensors[name], dtype=np.float32).T
+
+
+class _BlockWriter:
+    """Writes the ops of one decoder layer into a graph; shared by prefill and decode."""
+
+    def __init__(self, g: Graph, arch: LlamaArch, tensors: Tensors, layer: int):
+        self.g, self.arch, self.t = g, arch, tensors
+        self.prefix = f"model.layers.{layer}."
+
+    def w(self, name: str) -> np.ndarray:
+        return _weight_in_out(self.t, self.prefix + name)
+
+    def rope(self, x: str, positions: str, cos: np.ndarray, sin: np.ndarray) -> str:
+        g, half = self.g, self.arch.head_dim // 2
+        # [1,L] positions -> [1,L,1,D] tables, broadcast over heads.
+        c = g.op("Unsqueeze", g.op("Gather", g.weight(cos), positions), g.ints([2]))
+        s = g.op("Unsqueeze", g.op("Gather", g.weight(sin), positions), g.ints([2]))
+        x1, x2 = g.slice_last(x, 0, half), g.slice_last(x, half, 2 * half)
+        rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+        return g.op("Add", g.op("Mul", x, c), g.op("Mul", rotated, s))
+
+    def qkv(self, x: str, positions: str, tables) -> tuple[str, str, str]:
+        g, a = self.g, self.arch
+        h = g.rms_norm(x, np.asarray(self.t[self.prefix + "input_layernorm.weight"]), a.rms_eps,
+                       self.prefix + "input_layernorm.weight")
+        q = g.reshape(g.matmul(h, self.w("self_attn.q_proj.weight"), self.prefix + "q"), [1, -1, a.num_heads, a.head_dim])
+        k = g.reshape(g.matmul(h, self.w("self_attn.k_proj.weight"), self.prefix + "k"), [1, -1, a.num_kv_heads, a.head_dim])
+        v = g.reshape(g.matmul(h, self.w("self_attn.v_proj.weight"), self.prefix + "v"), [1, -1, a.num_kv_heads, a.head_dim])
+        return self.rope(q, positions, *tables), self.rope(k, positions, *tables), v
+
+    def attention(self, q: str, keys: str, values: str, mask: str) -> str:
+        """q [1,L,NH,D]; keys/values [1,S,KV,D]; mask broadcastable to [1,NH,L,S] -> [1,L,H].
+
+        Query heads are grouped under their KV head ([1,KV,G*L,D]) so the cache is
+        never repeated per query head.
+        """
+        g, a = self.g, self.arch
+        groups = a.num_heads // a.num_kv_heads
+        q = g.transpose(g.reshape(q, [1, -1, a.num_kv_heads, groups, a.head_dim]), [0, 2, 3, 1, 4])
+        q = g.reshape(q, [1, a.num_kv_heads, -1, a.head_dim])
+        k_t = g.transpose(keys, [0, 2, 3, 1])  # [1,KV,D,S]
+        scores = g.op("MatMul", q, k_t)
+        scores = g.op("Mul", scores, g.weight(np.array(a.head_dim ** -0.5, np.float32)))
+        scores = g.op("Add", g.reshape(scores, [1, a.num_heads, -1, 0]), mask)
+        probs = g.reshape(g.op("Softmax", scores, axis=-1), [1, a.num_kv_heads, -1, 0])
+        ctx = g.op("MatMul", probs, g.transpose(values, [0, 2, 1, 3]))  # [1,KV,G*L,D]
+        ctx = g.transpose(g.reshape(ctx, [1, a.num_kv_heads, groups, -1, a.head_dim]), [0, 3, 1, 2, 4])
+        ctx = g.reshape(ctx, [1, -1, a.hidden_size])
+        return g.matmul(ctx, self.w("self_attn.o_proj.weight"), self.prefix + "o")
+
+    def mlp(self, x: str) -> str:
+        g = self.g
+        h = g.rms_norm(x, np.asarray(self.t[self.prefix + "post_attention_layernorm.weight"]), self.arch.rms_eps,
+                       self.prefix + "post_attention_layernorm.weight")
+        gate = g.matmul(h, self.w("mlp.gate_proj.weight"), self.prefix + "gate")
+        up = g.matmul(h, self.w("mlp.up_proj.weight"), self.prefix + "up")
+        act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
+        return g.matmul(act, self.w("mlp.down_proj.weight"), self.prefix + "down")
+
+
+def block_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, prefill_len: Dim = "seq") -> Graph:
+    g = Graph(f"block_{layer}")
+    L, kv, d = prefill_len, arch.num_kv_heads, arch.head_dim
+    x = g.input("input_states", np.float32, [1, L, arch.hidden_size])
+    pos = g.input("position_ids", np.int32, [1, L])
+    mask = g.input("attention_mask", np.float32, [1, 1, L, L])
+    w = _BlockWriter(g, arch, tensors, layer)
+    q, k, v = w.qkv(x, pos, tables)
+    x = g.op("Add", x, w.attention(q, k, v, mask))
+    x = g.op("Add", x, w.mlp(x))
+    g.output(x, "hidden_states", np.float32, [1, L, arch.hidden_size])
+    g.output(k, "past_k", np.float32, [1, L, kv, d])
+    g.output(v, "past_v", np.float32, [1, L, kv, d])
+    return g
+
+
+def block_cache_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, seq_len: int) -> Graph:
+    g = Graph(f"block_cache_{layer}")
+    kv, d = arch.num_kv_heads, arch.head_dim
+    x = g.input("input_states", np.float32, [1, 1, arch.hidden_size])
+    pos = g.input("position_ids", np.int32, [1, 1])
+    mask = g.input("attention_mask", np.float32, [1, 1, 1, seq_len + 1])
+    hk = g.input("history_k", np.float32, [1, seq_len, kv, d])
+    hv = g.input("history_v", np.float32, [1, seq_len, kv, d])
+    w = _BlockWriter(g, arch, tensors, layer)
+    q, k, v = w.qkv(x, pos, tables)
+    keys, values = g.op("Concat", hk, k, axis=1), g.op("Concat", hv, v, axis=1)
+    x = g.op("Add", x, w.attention(q, keys, values, mask))
+    x = g.op("Add", x, w.mlp(x))
+    g.output(x, "hidden_states", np.float32, [1, 1, arch.hidden_size])
+    g.output(k, "present_k", np.float32, [1, 1, kv, d])
+    g.output(v, "present_v", np.float32, [1, 1, kv, d])
+    return g
+
+
+def embedding_net(arch: LlamaArch, tensors: Tensors, name: str, length: Dim) -> Graph:
+    g = Graph(name)
+    ids = g.input("input_ids", np.int32, [1, length])
+    table = g.weight(np.asarray(tensors["model.embed_tokens.weight"], np.float32), "embed_tokens")
+    g.output(g.op("Gather", table, ids), "hidden_states", np.float32, [1, length, arch.hidden_size])
+    return g
+
+
+def lm_head_net(arch: LlamaArch, tensors: Tensors) -> Graph:
+    g = Graph("lm_head")
+    x = g.input("hidden_states", np.float32, [1, 1, arch.hidden_size])
+    h = g.rms_norm(x, np.asarray(tensors["model.norm.weight"]), arch.rms_eps, "norm")
+    head = tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"])  # tied when absent
+    logits = g.op("MatMul", g.reshape(h, [1, arch.hidden_size]), g.weight(np.asarray(head, np.float32).T, "lm_head"))
+    g.output(logits, "logits", np.float32, [1, arch.vocab_size])
+    return g
+
+
+def net_names(num_layers: int) -> list[str]:
+    layers = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache")]
+    return ["embedding", "embedding_cache", *layers, "lm_head"]
+
+
+def export_llama(arch: LlamaArch, tensors: Tensors, out_dir: Path, seq_len: int,
+                 progress: Progress | None = None) -> list[Path]:
+    """Write every net of the model into out_dir; returns the files written."""
+    if seq_len > arch.max_positions:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's {arch.max_positions} positions")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = _rope_tables(arch, seq_len)
+    builders: dict[str, Callable[[], Graph]] = {
+        "embedding": lambda: embedding_net(arch, tensors, "embedding", "seq"),
+        "embedding_cache": lambda: embedding_net(arch, tensors, "embedding_cache", 1),
+        "lm_head": lambda: lm_head_net(arch, tensors),
+    }
+    for i in range(arch.num_layers):
+        builders[f"block_{i}"] = lambda i=i: block_net(arch, tensors, i, tables)
+        builders[f"block_cache_{i}"] = lambda i=i: block_cache_net(arch, tensors, i, tables, seq_len)
+    written = []
+    names = net_names(arch.num_layers)
+    for n, name in enumerate(names):
+        if progress:
+            progress(n, len(names), name)
+        written.append(builders[name]().save(out_dir / f"{name}.onnx"))
+    if progress:
+        progress(len(names), len(names), "done")
+    return written

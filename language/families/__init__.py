@@ -1,0 +1,16 @@
+"""Model families by name; the model's config.json says which one it needs."""
+from __future__ import annotations
+
+from language.families.base import Family, Turn
+from language.families.llama import LlamaFamily
+
+FAMILIES = {"llama": LlamaFamily}
+
+
+def load_family(name: str, tokenizer) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name](tokenizer)
+
+
+__all__ = ["Family", "Turn", "load_family", "FAMILIES"]

@@ -1,0 +1,58 @@
+"""What a model family supplies to the shared generation loop.
+
+A family is the model-specific part: how a conversation becomes token ids, the position
+ids and attention masks its nets take, which tokens stop generation, and how the raw
+answer is tidied. Everything else (KV cache, sampling, streaming) is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+MASKED = -10000.0  # additive mask value; finite so F16/BF16 compiles stay NaN-free
+
+
+@dataclass(frozen=True)
+class Turn:
+    question: str
+    answer: str
+
+
+class Family(Protocol):
+    name: str
+    stop_ids: frozenset[int]
+
+    def encode(self, history: list[Turn], question: str) -> list[int]:
+        """The prompt for `question` after `history`, ready for the answer to follow."""
+
+    def prefill_positions(self, length: int, width: int) -> np.ndarray:
+        """Position ids for a prompt of `length` tokens padded to `width`."""
+
+    def prefill_mask(self, length: int, width: int) -> np.ndarray:
+        """Additive attention mask [1,1,width,width] for that prompt."""
+
+    def decode_position(self, index: int, prompt_length: int) -> np.ndarray:
+        """Position ids of the token at absolute `index` (>= prompt_length)."""
+
+    def decode_mask(self, filled: int, cache_length: int) -> np.ndarray:
+        """Mask [1,1,1,cache_length+1]: `filled` cached rows, then the current token."""
+
+    def postprocess(self, text: str) -> str:
+        """The answer as the user should see it."""
+
+
+def causal_mask(length: int, width: int) -> np.ndarray:
+    """Row i sees columns 0..i of the real prompt; padding columns are never seen."""
+    rows = np.arange(width)[:, None]
+    cols = np.arange(width)[None, :]
+    visible = (cols <= rows) & (cols < length)
+    return np.where(visible, 0.0, MASKED).astype(np.float32)[None, None]
+
+
+def decode_mask(filled: int, cache_length: int) -> np.ndarray:
+    mask = np.full((1, 1, 1, cache_length + 1), MASKED, dtype=np.float32)
+    mask[..., :filled] = 0.0
+    mask[..., -1] = 0.0
+    return mask

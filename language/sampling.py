@@ -1,0 +1,63 @@
+"""Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 picks the most likely token every step
+    top_p: float = 0.9
+    top_k: int = 40
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0 (0 keeps every token)")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """CTRL-style penalty, as transformers applies it: shrink the scores of seen tokens."""
+    if penalty == 1.0 or seen.size == 0:
+        return logits
+    logits = logits.copy()
+    scores = logits[seen]
+    logits[seen] = np.where(scores > 0, scores / penalty, scores * penalty)
+    return logits
+
+
+class Sampler:
+    def __init__(self, settings: SamplingSettings):
+        self.settings = settings
+        self.rng = np.random.default_rng(settings.seed)
+
+    def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
+        s = self.settings
+        logits = apply_repetition_penalty(logits.astype(np.float32, copy=False).reshape(-1), seen,
+                                          s.repetition_penalty)
+        if s.temperature == 0:
+            return int(np.argmax(logits))
+        logits = logits / s.temperature
+        if 0 < s.top_k < logits.size:
+            kth = np.partition(logits, -s.top_k)[-s.top_k]
+            logits = np.where(logits < kth, -np.inf, logits)
+        order = np.argsort(-logits)
+        probs = np.exp(logits[order] - logits[order[0]])
+        probs /= probs.sum()
+        if s.top_p < 1:
+            keep = np.cumsum(probs) - probs < s.top_p  # always keeps the top token
+            probs = np.where(keep, probs, 0.0)
+            probs /= probs.sum()
+        return int(order[self.rng.choice(probs.size, p=probs)])

@@ -1,0 +1,42 @@
+"""Tiny random checkpoints with the real parameter names, for tests.
+
+Random small models have nearly flat logits, so two correct runtimes could pick different
+greedy tokens over rounding noise. `peaked=True` scales the weights up and sharpens the
+output head so the top-1 token wins by a clear margin (the tests check the margin).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from export.llama import LlamaArch
+
+TINY_LLAMA = LlamaArch(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                       intermediate_size=128, vocab_size=49152, rope_theta=10000.0,
+                       rms_eps=1e-5, max_positions=256)
+
+
+def tiny_llama(arch: LlamaArch = TINY_LLAMA, seed: int = 0, peaked: bool = True) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    h, d, kv = arch.hidden_size, arch.head_dim, arch.num_kv_heads
+    scale = 0.2 if peaked else 0.02
+
+    def normal(*shape: int, std: float = scale) -> np.ndarray:
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    tensors = {"model.embed_tokens.weight": normal(arch.vocab_size, h, std=1.0),
+               "model.norm.weight": (1 + normal(h, std=0.1))}
+    for i in range(arch.num_layers):
+        p = f"model.layers.{i}."
+        tensors |= {
+            p + "input_layernorm.weight": 1 + normal(h, std=0.1),
+            p + "post_attention_layernorm.weight": 1 + normal(h, std=0.1),
+            p + "self_attn.q_proj.weight": normal(h, h),
+            p + "self_attn.k_proj.weight": normal(kv * d, h),
+            p + "self_attn.v_proj.weight": normal(kv * d, h),
+            p + "self_attn.o_proj.weight": normal(h, h),
+            p + "mlp.gate_proj.weight": normal(arch.intermediate_size, h),
+            p + "mlp.up_proj.weight": normal(arch.intermediate_size, h),
+            p + "mlp.down_proj.weight": normal(h, arch.intermediate_size),
+        }
+    tensors["lm_head.weight"] = normal(arch.vocab_size, h, std=1.0 if peaked else scale)
+    return tensors

@@ -1,0 +1,61 @@
+"""The interface every runtime implements: tensors that live in the backend, and nets.
+
+The generation loop only allocates, writes, runs, reads and copies through this
+interface; it never learns whether the bytes are in host RAM (ONNX Runtime) or in TPU
+device memory (sophon-sail). Inputs and outputs are passed in the net's own order, since
+a compiler may rename outputs but keeps their order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | None, ...]  # None marks a dimension fixed only at run time
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class Tensor(Protocol):
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class Backend(Protocol):
+    name: str
+
+    def nets(self) -> dict[str, NetSpec]:
+        """Every net the model files provide, with their input and output specs."""
+
+    def alloc(self, shape: Sequence[int], dtype: np.dtype) -> Tensor:
+        """A zero-filled tensor owned by the backend."""
+
+    def write(self, dst: Tensor, data: np.ndarray) -> None:
+        """Host -> backend; `data` has dst's shape (dtype converted if needed)."""
+
+    def read(self, src: Tensor) -> np.ndarray:
+        """Backend -> host, as a fresh numpy array."""
+
+    def copy(self, dst: Tensor, src: Tensor, count: int, dst_offset: int = 0, src_offset: int = 0) -> None:
+        """Copy `count` elements inside the backend; offsets count elements, as sail's sync_d2d."""
+
+    def run(self, net: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -> None:
+        """Run one net, reading `inputs` and writing `outputs` in place (both in net order)."""
+
+    def close(self) -> None:
+        """Release the device and every tensor."""
+
+
+class ModelFileError(RuntimeError):
+    """The model files are missing, incomplete, or do not match what the runtime needs."""
