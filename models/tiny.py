@@ -40,3 +40,18 @@ def tiny_llama(arch: LlamaArch = TINY_LLAMA, seed: int = 0, peaked: bool = True)
         }
     tensors["lm_head.weight"] = normal(arch.vocab_size, h, std=1.0 if peaked else scale)
     return tensors
+
+
+def export_tiny_llama(out_dir, seq_len: int = 64, seed: int = 0, peaked: bool = True,
+                      arch: LlamaArch = TINY_LLAMA) -> dict[str, np.ndarray]:
+    """Export a tiny random llama (SmolLM2's tokenizer) as a model directory; returns its weights."""
+    from pathlib import Path
+
+    from export.llama import export_llama
+    from models.store import write_config
+
+    tensors = tiny_llama(arch, seed, peaked)
+    export_llama(arch, tensors, Path(out_dir), seq_len)
+    write_config(Path(out_dir), {"name": "tiny-llama", "family": "llama", "tokenizer": "smollm2-135m-instruct",
+                                 "architecture": arch.to_dict(), "source": {"random_seed": seed}})
+    return tensors

@@ -1,0 +1,115 @@
+"""Chat with the model in the terminal: a Question/Answer loop with streamed answers."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import closing
+from typing import TextIO
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tokenizers load from token_config/, never a hub
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from language.chat import ChatModel, Done, Notice, TextDelta  # noqa: E402
+from language.families import Turn  # noqa: E402
+from language.generate import ContextOverflow  # noqa: E402
+from language.sampling import SamplingSettings  # noqa: E402
+from models.catalog import DEFAULT_MODEL, DEFAULT_SEQ_LEN  # noqa: E402
+from runtime import BACKENDS  # noqa: E402
+
+EXIT_WORDS = {"exit", "quit", "退出"}
+CLEAR_WORDS = {"clear", "清空"}
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"model directory, or the name of a model this project assembles (default: {DEFAULT_MODEL})")
+    group.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime for the nets (default: onnx)")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
+    group.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
+                       help=f"context length when exporting the default model (default: {DEFAULT_SEQ_LEN})")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    d = SamplingSettings()
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    group.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=float, default=d.top_p)
+    group.add_argument("--top-k", type=int, default=d.top_k, help="0 keeps every token")
+    group.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    group.add_argument("--seed", type=int, default=None)
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
+    return SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def open_model(args: argparse.Namespace) -> ChatModel:
+    from language.loader import load_chat_model
+    from models.catalog import prepare_model
+
+    return load_chat_model(prepare_model(args.model, seq_len=args.seq_len), backend=args.backend, threads=args.threads)
+
+
+def chat_loop(model: ChatModel, settings: SamplingSettings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+    history: list[Turn] = []
+    print(f"{model.name}: context {model.context_length} tokens. "
+          f"Type 'clear' to start a new conversation, 'exit' to quit.", file=out)
+    while True:
+        print("\nQuestion: ", end="", file=out, flush=True)
+        line = stdin.readline()
+        if not line:  # end of input
+            print(file=out)
+            return
+        question = line.strip()
+        if question.lower() in EXIT_WORDS:
+            return
+        if question.lower() in CLEAR_WORDS:
+            history.clear()
+            print("(conversation cleared)", file=out)
+            continue
+        if not question:
+            continue
+        print("Answer: ", end="", file=out, flush=True)
+        try:
+            with closing(model.stream(history, question, settings)) as events:  # Ctrl-C frees the model
+                for event in events:
+                    if isinstance(event, TextDelta):
+                        print(event.text, end="", file=out, flush=True)
+                    elif isinstance(event, Notice):
+                        print(f"\n({event.message})\n", end="", file=out, flush=True)
+                    elif isinstance(event, Done):
+                        history.append(Turn(question, event.answer))
+                        print(f"\n  [{event.prompt_tokens} prompt tokens, first token {event.first_token_s:.2f} s, "
+                              f"{event.new_tokens} tokens at {event.decode_tokens_per_s:.1f} tokens/s"
+                              f"{', stopped at the length limit' if event.finish_reason != 'stop' else ''}]",
+                              file=out, flush=True)
+        except ContextOverflow as exc:
+            print(f"\n{exc}", file=out)
+        except KeyboardInterrupt:
+            print("\n(answer stopped)", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_model_args(parser)
+    add_sampling_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = sampling_from_args(args)
+        model = open_model(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        chat_loop(model, settings)
+    except KeyboardInterrupt:
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
