@@ -1,4 +1,6 @@
-"""Reference forward passes with transformers (PyTorch) on the same weights."""
+"""transformers (PyTorch) models on the same weights: the reference for parity tests and benchmarks.
+
+Needs torch, which the app itself does not."""
 from __future__ import annotations
 
 import numpy as np
