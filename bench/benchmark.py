@@ -1,0 +1,243 @@
+"""Benchmark the split-net runtime against transformers on the default model, same weights, same prompt.
+
+    python bench/benchmark.py [--runs 5] [--new-tokens 64] [--threads N] [--only onnx|transformers] [--json PATH]
+
+Runtimes, both fp32 on CPU with the same thread count:
+  split nets, ONNX Runtime  this project: Generator.prefill / Generator.decode over the exported nets
+  transformers eager        models.hf_reference.transformers_llama on the very same weights
+                            (read_llama_gguf), one forward per token with a KV cache, inference_mode
+
+Figures, for one chat prompt and N new tokens chosen by greedy argmax (stop tokens ignored, so
+both runtimes produce exactly N tokens):
+  load s          model files -> ready to generate (weights and tokenizer; imports and the one-off
+                  ONNX export excluded), measured once per runtime
+  first token ms  prefill of the prompt + lm_head + argmax of the first new token
+  decode tok/s    the N-1 tokens after the first, each one forward of one token, per second
+  weight GB/s     fp32 weight bytes read per decoded token x decode tok/s. Counted: every decoder
+                  layer's matrices and norms, the final norm and the vocab x hidden lm_head matrix
+                  (a copy in the nets, the tied embedding in transformers: read once per token
+                  either way). The embedding lookup reads one row and is not counted; neither is
+                  the KV cache.
+  peak RSS MB     resource.getrusage(RUSAGE_SELF).ru_maxrss of the runtime's own process: loading
+                  included, so this is the high-water mark, not the steady state
+
+Each runtime runs in its own subprocess (this script with --worker) so peak memory is per runtime.
+Timed figures are medians over --runs after one warm-up run. They are wall-clock times on a
+machine that is doing other things too: expect a few percent of noise between invocations, more
+on a busy or thermally throttled machine, and compare runtimes within one invocation only.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "Tell me about the history of the Roman Empire."
+RUNTIMES = {"onnx": "split nets, ONNX Runtime", "transformers": "transformers eager"}
+NOT_INSTALLED = "not installed (pip install -r requirements-dev.txt)"
+
+
+class Runtime(Protocol):
+    def prefill(self, ids: list[int]) -> int:
+        """Run the prompt, return the first new token."""
+
+    def decode(self, token: int) -> int:
+        """Feed one token, return the next."""
+
+
+class SplitNets:
+    def __init__(self, generator):
+        self.generator = generator
+
+    def prefill(self, ids: list[int]) -> int:
+        return int(np.argmax(self.generator.prefill(ids)))
+
+    def decode(self, token: int) -> int:
+        return int(np.argmax(self.generator.decode(token)))
+
+
+class TransformersEager:
+    def __init__(self, model):
+        import torch
+
+        self.torch, self.model, self.past = torch, model, None
+
+    def prefill(self, ids: list[int]) -> int:
+        with self.torch.inference_mode():
+            out = self.model(self.torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+        self.past = out.past_key_values
+        return int(out.logits[0, -1].argmax())
+
+    def decode(self, token: int) -> int:
+        with self.torch.inference_mode():
+            out = self.model(self.torch.tensor([[token]]), past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return int(out.logits[0, -1].argmax())
+
+
+def load_split_nets(threads: int) -> tuple[Runtime, list[int]]:
+    from language.loader import load_chat_model
+    from models.catalog import prepare_model
+
+    model = load_chat_model(prepare_model(progress=None), "onnx", threads)
+    return SplitNets(model.generator), model.family.encode([], PROMPT)
+
+
+def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
+    import torch
+
+    from language.families.llama import LlamaFamily
+    from models.catalog import DEFAULT_MODEL, find_smollm2_gguf
+    from models.gguf_llama import read_llama_gguf
+    from models.hf_reference import transformers_llama
+    from token_config import load_tokenizer
+
+    torch.set_num_threads(threads)
+    model = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))
+    return TransformersEager(model), LlamaFamily(load_tokenizer(DEFAULT_MODEL)).encode([], PROMPT)
+
+
+LOADERS = {"onnx": load_split_nets, "transformers": load_transformers}
+
+
+def decode_n(runtime: Runtime, token: int, n: int) -> list[int]:
+    tokens = []
+    for _ in range(n):
+        token = runtime.decode(token)
+        tokens.append(token)
+    return tokens
+
+
+def timed_run(runtime: Runtime, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    """One generation: (first token seconds, decode seconds, the new tokens)."""
+    start = time.perf_counter()
+    first = runtime.prefill(ids)
+    prefilled = time.perf_counter()
+    rest = decode_n(runtime, first, new_tokens - 1)
+    return prefilled - start, time.perf_counter() - prefilled, [first, *rest]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def worker(name: str, runs: int, new_tokens: int, threads: int) -> dict:
+    from models.catalog import prepare_model
+
+    prepare_model(progress=None)  # already exported by the parent: only checks, outside the timed load
+    start = time.perf_counter()
+    runtime, ids = LOADERS[name](threads)
+    load_s = time.perf_counter() - start
+    timed_run(runtime, ids, new_tokens)  # warm-up
+    first_s, decode_s, tokens = zip(*(timed_run(runtime, ids, new_tokens) for _ in range(runs)))
+    return {"runtime": RUNTIMES[name], "load_s": load_s, "prompt_tokens": len(ids),
+            "first_token_ms": statistics.median(first_s) * 1000,
+            "decode_tok_s": statistics.median((new_tokens - 1) / s for s in decode_s),
+            "peak_rss_mb": peak_rss_mb(), "tokens": tokens[-1],
+            "first_token_ms_runs": [s * 1000 for s in first_s],
+            "decode_tok_s_runs": [(new_tokens - 1) / s for s in decode_s]}
+
+
+def export_once() -> Path:
+    """Export the default model if needed, in a child process: a big parent would inflate the
+    workers' ru_maxrss, which Linux carries across exec."""
+    code = "from models.catalog import prepare_model; print(prepare_model())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def weight_bytes_per_token(arch: dict) -> int:
+    h, inter, vocab = arch["hidden_size"], arch["intermediate_size"], arch["vocab_size"]
+    kv = arch["num_kv_heads"] * (h // arch["num_heads"])
+    layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h  # q,o + k,v + gate,up,down + two norms
+    return 4 * (arch["num_layers"] * layer + h + vocab * h)
+
+
+def run_worker(name: str, args: argparse.Namespace) -> dict:
+    if name == "transformers" and not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+        return {"runtime": RUNTIMES[name], "error": NOT_INSTALLED}
+    command = [sys.executable, __file__, "--worker", name, "--runs", str(args.runs),
+               "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+    out = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise SystemExit(f"the {name} worker failed (exit {out.returncode}); its error is above")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], bytes_per_token: int) -> str:
+    lines = ["| runtime | load s | first token ms | decode tok/s | weight GB/s | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['runtime']} | {r['error']} | | | | |")
+            continue
+        gbs = bytes_per_token * r["decode_tok_s"] / 1e9
+        lines.append(f"| {r['runtime']} | {r['load_s']:.2f} | {r['first_token_ms']:.1f} | "
+                     f"{r['decode_tok_s']:.1f} | {gbs:.2f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def comparison(ours: dict, theirs: dict) -> str:
+    agree = next((i for i, (a, b) in enumerate(zip(ours["tokens"], theirs["tokens"])) if a != b),
+                 len(ours["tokens"]))
+    return (f"split nets vs transformers eager: decode {ours['decode_tok_s'] / theirs['decode_tok_s']:.2f}x, "
+            f"first token {theirs['first_token_ms'] / ours['first_token_ms']:.2f}x faster; "
+            f"peak RSS {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x; "
+            f"greedy tokens agree for the first {agree} of {len(ours['tokens'])}")
+
+
+def main(args: argparse.Namespace) -> None:
+    from models.store import read_config
+
+    config = read_config(export_once())
+    names = [args.only] if args.only else list(RUNTIMES)
+    rows = [run_worker(name, args) for name in names]
+    bytes_per_token = weight_bytes_per_token(config["architecture"])
+    measured = [r for r in rows if "error" not in r]
+    prompt = ", ".join(sorted({str(r["prompt_tokens"]) for r in measured})) or "?"
+    print(f"{config['name']} ({config['source']['file']}, dequantized to fp32): prompt {prompt} tokens, "
+          f"{args.new_tokens} new tokens, {args.threads} threads, median of {args.runs} runs after 1 warm-up")
+    print(f"weight bytes per decoded token: {bytes_per_token / 1e6:.0f} MB "
+          f"(layers + final norm + lm_head matrix; embedding row and KV cache not counted)\n")
+    print(table(rows, bytes_per_token))
+    if len(measured) == 2:
+        print("\n" + comparison(*measured))
+    if args.json:
+        result = {"model": config["name"], "prompt": PROMPT, "new_tokens": args.new_tokens, "runs": args.runs,
+                  "threads": args.threads, "weight_bytes_per_token": bytes_per_token, "rows": rows}
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up (default 5)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (default 64)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both runtimes")
+    p.add_argument("--only", choices=list(RUNTIMES), help="run this runtime only")
+    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    p.add_argument("--worker", choices=list(RUNTIMES), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.runs < 1 or args.new_tokens < 2 or args.threads < 1:
+        p.error("--runs and --threads must be at least 1, --new-tokens at least 2")
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.worker:
+        print(json.dumps(worker(arguments.worker, arguments.runs, arguments.new_tokens, arguments.threads)))
+    else:
+        main(arguments)

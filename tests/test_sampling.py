@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+from language.sampling import Sampler, SamplingSettings, apply_repetition_penalty
+
+RNG = np.random.default_rng(1)
+LOGITS = RNG.standard_normal(1000).astype(np.float32) * 3
+NOTHING_SEEN = np.array([], dtype=np.int64)
+
+
+def test_temperature_zero_is_argmax_and_ignores_the_seed():
+    picks = {Sampler(SamplingSettings(temperature=0, seed=s))(LOGITS, NOTHING_SEEN) for s in range(5)}
+    assert picks == {int(np.argmax(LOGITS))}
+
+
+def test_the_same_seed_gives_the_same_samples():
+    def draw(seed):
+        sampler = Sampler(SamplingSettings(temperature=1.0, top_p=1.0, top_k=0, seed=seed))
+        return [sampler(LOGITS, NOTHING_SEEN) for _ in range(50)]
+
+    assert draw(7) == draw(7)
+    assert draw(7) != draw(8)
+
+
+def test_top_k_one_is_greedy_even_when_hot():
+    sampler = Sampler(SamplingSettings(temperature=5.0, top_k=1, seed=0))
+    assert {sampler(LOGITS, NOTHING_SEEN) for _ in range(20)} == {int(np.argmax(LOGITS))}
+
+
+def test_top_k_keeps_only_the_k_best():
+    sampler = Sampler(SamplingSettings(temperature=10.0, top_k=5, top_p=1.0, seed=0))
+    best = set(np.argsort(-LOGITS)[:5].tolist())
+    draws = {sampler(LOGITS, NOTHING_SEEN) for _ in range(300)}
+    assert draws <= best and len(draws) > 1
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    sampler = Sampler(SamplingSettings(temperature=1.0, top_k=0, top_p=0.7, seed=0))
+    assert {sampler(logits, NOTHING_SEEN) for _ in range(300)} == {0, 1}
+
+
+def test_repetition_penalty_matches_transformers():
+    seen = np.array([3, 10, 10, 999], dtype=np.int64)
+    ours = apply_repetition_penalty(LOGITS, seen, 1.3)
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor(seen[None]), torch.tensor(LOGITS[None]))[0].numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_repetition_penalty_steers_greedy_away_from_seen_tokens():
+    top = int(np.argmax(LOGITS))
+    sampler = Sampler(SamplingSettings(temperature=0, repetition_penalty=100.0))
+    assert sampler(LOGITS, np.array([top])) != top
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_p=1.5),
+                                 dict(top_k=-1), dict(repetition_penalty=0)])
+def test_bad_settings_are_refused_with_a_reason(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SamplingSettings(**bad)
