@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -106,6 +107,8 @@ def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
     from token_config import load_tokenizer
 
     torch.set_num_threads(threads)
+    # read_llama_gguf returns some tensors as read-only views of the file; load_state_dict copies them
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     model = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))
     return TransformersEager(model), LlamaFamily(load_tokenizer(DEFAULT_MODEL)).encode([], PROMPT)
 
