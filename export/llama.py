@@ -110,6 +110,37 @@ class _BlockWriter:
         ctx = g.reshape(ctx, [1, -1, a.hidden_size])
         return g.matmul(ctx, self.w("self_attn.o_proj.weight"), self.prefix + "o")
 
+    def attention_over_cache(self, q: str, k: str, v: str, history_k: str, history_v: str, mask: str) -> str:
+        """One query token against the cache plus itself, without copying the cache.
+
+        The cache stays [SEQ*KV, D] / [SEQ, KV*D] (free reshapes of [1,SEQ,KV,D]); every query
+        head is scored against every KV head and one-hot selection keeps its own group. That
+        costs KV x the (tiny) attention arithmetic but no transpose or concat of SEQ rows.
+        """
+        g, a = self.g, self.arch
+        nh, kv, d, groups = a.num_heads, a.num_kv_heads, a.head_dim, a.num_heads // a.num_kv_heads
+        own_group = np.zeros((kv, nh), np.float32)
+        own_group[np.arange(nh) // groups, np.arange(nh)] = 1.0
+        head_kv = g.weight((np.arange(nh) // groups).astype(np.int64))
+        q = g.reshape(q, [nh, d])
+        # Scores against the history: [SEQ*KV, D] @ [D, NH] -> pick each head's group -> [NH, SEQ].
+        s_hist = g.op("MatMul", g.reshape(history_k, [-1, d]), g.transpose(q, [1, 0]))
+        s_hist = g.op("ReduceSum", g.op("Mul", g.reshape(s_hist, [-1, kv, nh]), g.weight(own_group)),
+                      g.ints([1]), keepdims=0)
+        s_hist = g.transpose(s_hist, [1, 0])
+        # Score against the current token: its K, repeated per query head.
+        k_rep = g.op("Gather", g.reshape(k, [kv, d]), head_kv)
+        s_cur = g.op("ReduceSum", g.op("Mul", q, k_rep), g.ints([-1]), keepdims=1)
+        scores = g.op("Mul", g.op("Concat", s_hist, s_cur, axis=-1), g.weight(np.array(d ** -0.5, np.float32)))
+        probs = g.op("Softmax", g.op("Add", scores, g.reshape(mask, [1, -1])), axis=-1)
+        p_hist, p_cur = g.slice_last(probs, 0, -1), g.slice_last(probs, -1, 2 ** 31 - 1)
+        # Context: [NH, SEQ] @ [SEQ, KV*D] -> pick each head's group -> [NH, D], plus the current V.
+        ctx = g.op("MatMul", p_hist, g.reshape(history_v, [-1, kv * d]))
+        ctx = g.op("ReduceSum", g.op("Mul", g.reshape(ctx, [nh, kv, d]),
+                                     g.weight(own_group.T[:, :, None].copy())), g.ints([1]), keepdims=0)
+        ctx = g.op("Add", ctx, g.op("Mul", p_cur, g.op("Gather", g.reshape(v, [kv, d]), head_kv)))
+        return g.matmul(g.reshape(ctx, [1, 1, a.hidden_size]), self.w("self_attn.o_proj.weight"), self.prefix + "o")
+
     def mlp(self, x: str) -> str:
         g = self.g
         h = g.rms_norm(x, np.asarray(self.t[self.prefix + "post_attention_layernorm.weight"]), self.arch.rms_eps,
@@ -146,8 +177,7 @@ def block_cache_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, seq_l
     hv = g.input("history_v", np.float32, [1, seq_len, kv, d])
     w = _BlockWriter(g, arch, tensors, layer)
     q, k, v = w.qkv(x, pos, tables)
-    keys, values = g.op("Concat", hk, k, axis=1), g.op("Concat", hv, v, axis=1)
-    x = g.op("Add", x, w.attention(q, keys, values, mask))
+    x = g.op("Add", x, w.attention_over_cache(q, k, v, hk, hv, mask))
     x = g.op("Add", x, w.mlp(x))
     g.output(x, "hidden_states", np.float32, [1, 1, arch.hidden_size])
     g.output(k, "present_k", np.float32, [1, 1, kv, d])
