@@ -33,6 +33,8 @@ def find_smollm2_gguf() -> Path:
 
 
 def _print_progress(done: int, total: int, name: str) -> None:
+    if not sys.stderr.isatty() and done not in (0, total):
+        return  # a log file gets the start and the end, not a redrawn bar
     width = 30
     filled = width * done // total
     sys.stderr.write(f"\rexporting nets [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name:<16}")

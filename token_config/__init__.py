@@ -1,6 +1,7 @@
 """Tokenizer files, one folder per model (tokenizer.json, tokenizer_config.json, chat template)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 TOKEN_CONFIG_DIR = Path(__file__).resolve().parent
@@ -15,6 +16,8 @@ def tokenizer_dir(name: str) -> Path:
 
 
 def load_tokenizer(name: str):
+    # Only the tokenizer is used: without this, transformers warns that PyTorch is missing.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer  # imported late: it is slow to import
 
     return AutoTokenizer.from_pretrained(tokenizer_dir(name), local_files_only=True)
