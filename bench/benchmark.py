@@ -94,7 +94,7 @@ def load_split_nets(threads: int) -> tuple[Runtime, list[int]]:
     from models.catalog import prepare_model
 
     model = load_chat_model(prepare_model(progress=None), "onnx", threads)
-    return SplitNets(model.generator), model.family.encode([], PROMPT)
+    return SplitNets(model.generator), model.family.encode([], PROMPT).ids
 
 
 def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
@@ -110,7 +110,7 @@ def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
     # read_llama_gguf returns some tensors as read-only views of the file; load_state_dict copies them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     model = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))
-    return TransformersEager(model), LlamaFamily(load_tokenizer(DEFAULT_MODEL)).encode([], PROMPT)
+    return TransformersEager(model), LlamaFamily(load_tokenizer(DEFAULT_MODEL)).encode([], PROMPT).ids
 
 
 LOADERS = {"onnx": load_split_nets, "transformers": load_transformers}

@@ -81,6 +81,21 @@ class Graph:
         denom = self.op("Sqrt", self.op("Add", mean_sq, self.weight(np.array(eps, np.float32))))
         return self.op("Mul", self.op("Div", x, denom), self.weight(weight.astype(np.float32), name))
 
+    def linear(self, x: str, weight_out_in: np.ndarray, bias: np.ndarray, name: str) -> str:
+        """A torch nn.Linear: x @ W^T + b."""
+        return self.op("Add", self.matmul(x, np.asarray(weight_out_in, np.float32).T, name + ".weight"),
+                       self.weight(np.asarray(bias, np.float32), name + ".bias"))
+
+    def layer_norm(self, x: str, weight: np.ndarray, bias: np.ndarray, eps: float, name: str) -> str:
+        return self.op("LayerNormalization", x, self.weight(np.asarray(weight, np.float32), name + ".weight"),
+                       self.weight(np.asarray(bias, np.float32), name + ".bias"), axis=-1, epsilon=eps)
+
+    def gelu(self, x: str) -> str:
+        """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), as torch's default."""
+        erf = self.op("Erf", self.op("Mul", x, self.weight(np.array(2 ** -0.5, np.float32))))
+        one = self.weight(np.array(1.0, np.float32))
+        return self.op("Mul", self.op("Mul", x, self.weight(np.array(0.5, np.float32))), self.op("Add", erf, one))
+
     def model(self) -> onnx.ModelProto:
         graph = helper.make_graph(self._nodes, self.name, self._inputs, self._outputs, self._weights)
         model = helper.make_model(

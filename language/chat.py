@@ -10,10 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from language.families.base import Family, Turn
-from language.generate import ContextOverflow, Generator
+from PIL import Image
+
+from language.families.base import Family, Prompt, Turn
+from language.generate import ContextOverflow, Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
 from language.streaming import TextStream
+from vision.encoder import VisionEncoder
 
 
 @dataclass(frozen=True)
@@ -35,22 +38,27 @@ class Done:
     decode_tokens_per_s: float  # tokens after the first, per second
     finish_reason: str  # "stop", "length" or "context"
     dropped_turns: int
+    vision_s: float = 0.0  # time spent in the vision net (0 when the image came from the cache)
+    image_cached: bool = False
 
 
 Event = TextDelta | Notice | Done
 
 
 class ChatModel:
-    def __init__(self, generator: Generator, family: Family, tokenizer, name: str = "model"):
+    def __init__(self, generator: Generator, family: Family, tokenizer, name: str = "model",
+                 vision: VisionEncoder | None = None):
         self.generator, self.family, self.tokenizer, self.name = generator, family, tokenizer, name
+        self.vision = vision
         self._lock = threading.Lock()
 
     @property
     def context_length(self) -> int:
         return self.generator.context_length
 
-    def fit(self, history: list[Turn], question: str, max_new_tokens: int) -> tuple[list[int], int]:
-        """Token ids for the prompt and how many of the oldest turns had to be left out.
+    def fit(self, history: list[Turn], question: str, max_new_tokens: int,
+            image_tokens: int = 0) -> tuple[Prompt, int]:
+        """The prompt and how many of the oldest turns had to be left out.
 
         Older turns are dropped until the answer has room for max_new_tokens (at most half
         the context); the question alone only has to fit.
@@ -58,26 +66,39 @@ class ChatModel:
         limit = self.generator.prompt_limit
         reserve = min(max_new_tokens, self.context_length // 2)
         for dropped in range(len(history) + 1):
-            ids = self.family.encode(history[dropped:], question)
-            if len(ids) + reserve <= self.context_length and len(ids) <= limit:
-                return ids, dropped
-        if len(ids) <= limit and len(ids) < self.context_length:
-            return ids, len(history)
-        raise ContextOverflow(f"The message is too long: {len(ids)} tokens, and this model's context "
+            prompt = self.family.encode(history[dropped:], question, image_tokens)
+            if len(prompt.ids) + reserve <= self.context_length and len(prompt.ids) <= limit:
+                return prompt, dropped
+        if len(prompt.ids) <= limit and len(prompt.ids) < self.context_length:
+            return prompt, len(history)
+        raise ContextOverflow(f"The message is too long: {len(prompt.ids)} tokens, and this model's context "
                               f"holds {min(limit, self.context_length - 1)}. Please shorten it.")
 
-    def stream(self, history: list[Turn], question: str, settings: SamplingSettings) -> Iterator[Event]:
+    def stream(self, history: list[Turn], question: str, settings: SamplingSettings,
+               image: Image.Image | None = None) -> Iterator[Event]:
+        """Answer `question` after `history`, about `image` if one is given (an upright RGB
+        picture from vision.preprocess.load_image)."""
         if not question.strip():
             raise ValueError("The question is empty.")
+        if image is not None and self.vision is None:
+            raise ValueError(f"{self.name} has no vision net: it cannot look at images.")
         start = time.perf_counter()
-        ids, dropped = self.fit(history, question, settings.max_new_tokens)
+        prompt, dropped = self.fit(history, question, settings.max_new_tokens,
+                                   self.vision.rows if image is not None else 0)
         if dropped:
             yield Notice(f"The conversation was longer than the model's context of {self.context_length} "
                          f"tokens: the oldest {dropped} turn(s) were left out of this answer.")
         text = TextStream(self.tokenizer)
-        first_token_s, count = 0.0, 0
+        first_token_s, count, vision_s, cached = 0.0, 0, 0.0, False
         with self._lock:
-            for token in self.generator.generate(ids, Sampler(settings), settings.max_new_tokens):
+            rows = None
+            if image is not None:
+                vision_start = time.perf_counter()
+                embeds, cached = self.vision.encode(image)
+                vision_s = 0.0 if cached else time.perf_counter() - vision_start
+                rows = ImageRows(embeds, prompt.image_start)
+            tokens = self.generator.generate(prompt.ids, Sampler(settings), settings.max_new_tokens, rows)
+            for token in tokens:
                 count += 1
                 if count == 1:
                     first_token_s = time.perf_counter() - start
@@ -90,9 +111,11 @@ class ChatModel:
         if tail:
             yield TextDelta(tail)
         decode_rate = (count - 1) / (time.perf_counter() - first_at) if count > 1 else 0.0
-        yield Done(self.family.postprocess(text.text), len(ids), count, first_token_s, decode_rate, finish, dropped)
+        yield Done(self.family.postprocess(text.text), len(prompt.ids), count, first_token_s, decode_rate, finish,
+                   dropped, vision_s, cached)
 
-    def reply(self, history: list[Turn], question: str, settings: SamplingSettings | None = None) -> Done:
+    def reply(self, history: list[Turn], question: str, settings: SamplingSettings | None = None,
+              image: Image.Image | None = None) -> Done:
         """The whole answer at once (tests, scripts)."""
-        events = list(self.stream(history, question, settings or SamplingSettings()))
+        events = list(self.stream(history, question, settings or SamplingSettings(), image))
         return events[-1]

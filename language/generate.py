@@ -16,7 +16,14 @@ import numpy as np
 
 from language.families.base import Family
 from language.sampling import Sampler
-from runtime.backend import Backend, ModelFileError, NetSpec
+from runtime.backend import Backend, ModelFileError, NetSpec, Tensor
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """An image's prefix embeddings [1,Q,H] in the backend, and the prompt row they start at."""
+    embeds: Tensor
+    start: int
 
 
 class ContextOverflow(ValueError):
@@ -93,8 +100,12 @@ class Generator:
         """The longest prompt one prefill takes."""
         return min(self.layout.prefill_width or self.layout.cache_length, self.layout.cache_length)
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Run the prompt through every layer, fill the cache; returns next-token logits."""
+    def prefill(self, ids: list[int], image: ImageRows | None = None) -> np.ndarray:
+        """Run the prompt through every layer, fill the cache; returns next-token logits.
+
+        With an image, its prefix embeddings (a tensor already in the backend) overwrite the
+        placeholder rows of the embedding output: one backend copy, then the blocks run.
+        """
         b, length = self.backend, len(ids)
         width = self.layout.prefill_width or length
         if not 0 < length <= self.prompt_limit:
@@ -113,6 +124,8 @@ class Generator:
         past = [b.alloc((1, width, *self.nets["block_cache_0"].inputs[3].shape[2:]), net.outputs[i].dtype)
                 for i in (1, 2)]
         b.run("embedding", [ids_t], [hidden[0]])
+        if image is not None:
+            self._splice(hidden[0], image, length)
         for i in range(self.layout.num_layers):
             b.run(f"block_{i}", [hidden[0], positions, mask], [hidden[1], *past])
             b.copy(self.cache_k[i], past[0], length * self.row)
@@ -122,6 +135,15 @@ class Generator:
         b.copy(self._hidden[0], hidden[0], h, src_offset=(length - 1) * h)
         self.filled = self.prompt_length = length
         return self._head(self._hidden[0])
+
+    def _splice(self, hidden, image: ImageRows, length: int) -> None:
+        rows, h = image.embeds.shape[1], self.layout.hidden_size
+        if image.embeds.shape[-1] != h:
+            raise ModelFileError(f"the vision net gives rows of {image.embeds.shape[-1]} values, "
+                                 f"the language model takes {h}")
+        if not 0 <= image.start <= length - rows:
+            raise ValueError(f"image rows {image.start}..{image.start + rows} fall outside the {length}-token prompt")
+        self.backend.copy(hidden, image.embeds, rows * h, dst_offset=image.start * h)
 
     def decode(self, token: int) -> np.ndarray:
         """Feed one token at the next position; returns the logits after it."""
@@ -146,11 +168,14 @@ class Generator:
         self.backend.run("lm_head", [last_hidden], [self._logits])
         return self.backend.read(self._logits).reshape(-1)
 
-    def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int) -> Iterator[int]:
+    def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int,
+                 image: ImageRows | None = None) -> Iterator[int]:
         """Yield new token ids until a stop token, max_new_tokens, or a full context."""
         self.finish_reason = ""
-        logits = self.prefill(ids)
+        logits = self.prefill(ids, image)
         seen = np.asarray(ids, dtype=np.int64)
+        if image is not None:  # placeholder ids are not text the answer could repeat
+            seen = np.delete(seen, np.s_[image.start:image.start + image.embeds.shape[1]])
         for step in range(max_new_tokens):
             token = sampler(logits, seen)
             if token in self.family.stop_ids:

@@ -36,3 +36,18 @@ def default_model_dir():
 @pytest.fixture(scope="session")
 def default_model(default_model_dir):
     return load_chat_model(default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_seeing(tmp_path_factory):
+    """A tiny random llama with a tiny random vision net in one model directory.
+
+    Returns (model, llama weights, torch vision tower) so tests can rebuild the reference.
+    """
+    from models.tiny import TINY_LLAMA, tiny_vision
+
+    tower, vision_tensors = tiny_vision(TINY_LLAMA.hidden_size)
+    out = tmp_path_factory.mktemp("tiny-seeing")
+    tensors = export_tiny_llama(out, seq_len=TINY_SEQ,
+                                vision={"tensors": vision_tensors, "config": tower.config.to_dict()})
+    return load_chat_model(out), tensors, tower

@@ -17,7 +17,7 @@ def test_a_reply_streams_text_and_ends_with_stats(tiny_model):
     streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert done.answer == streamed.strip()
     assert done.new_tokens == 8 and done.finish_reason == "length"
-    assert done.prompt_tokens == len(tiny_model.family.encode([], "Hello"))
+    assert done.prompt_tokens == len(tiny_model.family.encode([], "Hello").ids)
     assert done.first_token_s > 0 and done.decode_tokens_per_s > 0
 
 
@@ -29,11 +29,12 @@ def test_max_new_tokens_caps_the_answer(tiny_model):
 
 def test_the_oldest_turns_are_dropped_with_a_notice(tiny_model):
     history = [Turn(f"question number {i}", f"answer number {i}") for i in range(12)]
-    full = tiny_model.family.encode(history, "And now?")
+    full = tiny_model.family.encode(history, "And now?").ids
     assert len(full) > TINY_SEQ  # the whole conversation cannot fit
-    ids, dropped = tiny_model.fit(history, "And now?", SHORT.max_new_tokens)
+    prompt, dropped = tiny_model.fit(history, "And now?", SHORT.max_new_tokens)
+    ids = prompt.ids
     assert 0 < dropped < len(history)
-    assert ids == tiny_model.family.encode(history[dropped:], "And now?")
+    assert ids == tiny_model.family.encode(history[dropped:], "And now?").ids
     assert len(ids) + SHORT.max_new_tokens <= TINY_SEQ
     events = list(tiny_model.stream(history, "And now?", SHORT))
     notices = [e for e in events if isinstance(e, Notice)]

@@ -38,14 +38,14 @@ def test_follow_up_questions_use_the_history(default_model):
 
 def test_greedy_tokens_equal_transformers_generate(default_model, transformers_from_gguf):
     for question in PROMPTS:
-        ids = default_model.family.encode([], question)
+        ids = default_model.family.encode([], question).ids
         ours = list(default_model.generator.generate(ids, Sampler(GREEDY), GREEDY.max_new_tokens))
         theirs = greedy_reference(transformers_from_gguf, ids, GREEDY.max_new_tokens, default_model.family.stop_ids)
         assert ours == theirs, question
 
 
 def test_logits_agree_under_teacher_forcing(default_model, transformers_from_gguf):
-    ids = default_model.family.encode([], PROMPTS[1])
+    ids = default_model.family.encode([], PROMPTS[1]).ids
     gen = default_model.generator
     ours = [gen.prefill(ids[:-8])] + [gen.decode(t) for t in ids[-8:-1]]
     theirs = teacher_forced_logits(transformers_from_gguf, ids)[-9:-1]

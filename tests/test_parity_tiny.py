@@ -33,7 +33,7 @@ def top_margin(logits: np.ndarray) -> np.ndarray:
 
 def test_logits_match_under_teacher_forcing(tiny_dir, tiny_model):
     reference = transformers_llama(TINY_LLAMA, tiny_dir[1])
-    ids = tiny_model.family.encode([Turn("Hi", "Hello!")], "Count to five.")[: TINY_SEQ - 1]
+    ids = tiny_model.family.encode([Turn("Hi", "Hello!")], "Count to five.").ids[: TINY_SEQ - 1]
     cut = len(ids) // 2
     ours = split_net_logits(tiny_model, ids, cut)
     theirs = teacher_forced_logits(reference, ids)[cut - 1:-1]
@@ -46,7 +46,7 @@ def test_logits_match_under_teacher_forcing(tiny_dir, tiny_model):
 def test_greedy_tokens_match_transformers_generate(tiny_dir, tiny_model):
     reference = transformers_llama(TINY_LLAMA, tiny_dir[1])
     for question in ["What is the capital of France?", "Tell me a story.", "你好，介绍一下你自己"]:
-        prompt = tiny_model.family.encode([], question)
+        prompt = tiny_model.family.encode([], question).ids
         ours = list(tiny_model.generator.generate(prompt, Sampler(GREEDY), GREEDY.max_new_tokens))
         theirs = greedy_reference(reference, prompt, GREEDY.max_new_tokens, tiny_model.family.stop_ids)
         assert len(ours) > 0

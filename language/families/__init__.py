@@ -1,7 +1,7 @@
 """Model families by name; the model's config.json says which one it needs."""
 from __future__ import annotations
 
-from language.families.base import Family, Turn
+from language.families.base import Family, Prompt, Turn
 from language.families.llama import LlamaFamily
 
 FAMILIES = {"llama": LlamaFamily}
@@ -13,4 +13,4 @@ def load_family(name: str, tokenizer) -> Family:
     return FAMILIES[name](tokenizer)
 
 
-__all__ = ["Family", "Turn", "load_family", "FAMILIES"]
+__all__ = ["Family", "Prompt", "Turn", "load_family", "FAMILIES"]

@@ -20,12 +20,22 @@ class Turn:
     answer: str
 
 
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    image_start: int | None = None  # first of the image's placeholder rows, if it has an image
+
+
 class Family(Protocol):
     name: str
     stop_ids: frozenset[int]
 
-    def encode(self, history: list[Turn], question: str) -> list[int]:
-        """The prompt for `question` after `history`, ready for the answer to follow."""
+    def encode(self, history: list[Turn], question: str, image_tokens: int = 0) -> Prompt:
+        """The prompt for `question` after `history`, ready for the answer to follow.
+
+        With image_tokens > 0 the prompt reserves that many placeholder rows for the image,
+        at the place the family's format puts it.
+        """
 
     def prefill_positions(self, length: int, width: int) -> np.ndarray:
         """Position ids for a prompt of `length` tokens padded to `width`."""

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from language.families.base import Turn, causal_mask, decode_mask
+from language.families.base import Prompt, Turn, causal_mask, decode_mask
+
+IMAGE_MARK = "\x00<image>\x00"  # split point in the rendered template; never reaches the tokenizer
+IMAGE_PLACEHOLDER_ID = 0  # any id: these rows are overwritten by the image's embeddings
 
 
 class LlamaFamily:
@@ -19,14 +22,23 @@ class LlamaFamily:
         stops.discard(None)
         self.stop_ids = frozenset(stops)
 
-    def encode(self, history: list[Turn], question: str) -> list[int]:
+    def encode(self, history: list[Turn], question: str, image_tokens: int = 0) -> Prompt:
+        """The chat template; an image goes at the start of the first user message, then a newline."""
         messages = []
         for turn in history:
             messages += [{"role": "user", "content": turn.question},
                          {"role": "assistant", "content": turn.answer}]
         messages.append({"role": "user", "content": question})
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        if image_tokens:
+            messages[0] = {"role": "user", "content": IMAGE_MARK + "\n" + messages[0]["content"]}
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        before, *after = text.split(IMAGE_MARK)
+        ids = self.tokenizer.encode(before, add_special_tokens=False)
+        if not after:
+            return Prompt(ids)
+        start = len(ids)
+        ids += [IMAGE_PLACEHOLDER_ID] * image_tokens + self.tokenizer.encode(after[0], add_special_tokens=False)
+        return Prompt(ids, start)
 
     def prefill_positions(self, length: int, width: int) -> np.ndarray:
         return np.arange(width, dtype=np.int32)[None]

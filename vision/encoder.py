@@ -1,0 +1,40 @@
+"""Picture -> prefix embeddings in the backend, via the `vision` net, with a cache.
+
+The cache is keyed by the preprocessed pixels, so asking a follow-up question about the
+same picture (or uploading it again) does not run the vision net again.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from PIL import Image
+
+from runtime.backend import Backend, Tensor
+from vision.preprocess import to_pixels
+
+
+class VisionEncoder:
+    def __init__(self, backend: Backend, cache_size: int = 32):
+        self.backend, self.cache_size = backend, cache_size
+        spec = backend.nets()["vision"]
+        self._input, self._output = spec.inputs[0], spec.outputs[0]
+        self.image_size = self._input.shape[-1]
+        self.rows = self._output.shape[1]  # Q: prefix embeddings per image
+        self._pixels = backend.alloc(self._input.shape, self._input.dtype)
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+
+    def encode(self, image: Image.Image) -> tuple[Tensor, bool]:
+        """The image's [1,Q,H] embeddings in the backend, and whether they came from the cache."""
+        pixels = to_pixels(image, self.image_size)
+        key = hashlib.sha256(pixels.tobytes()).hexdigest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key], True
+        embeds = self.backend.alloc(self._output.shape, self._output.dtype)
+        self.backend.write(self._pixels, pixels)
+        self.backend.run("vision", [self._pixels], [embeds])
+        self._cache[key] = embeds
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return embeds, False
