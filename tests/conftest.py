@@ -26,16 +26,16 @@ def tiny_model(tiny_dir):
 
 
 @pytest.fixture(scope="session")
-def default_model_dir():
-    """The real default model (SmolLM2-135M-Instruct), exported once per cache."""
-    from models.catalog import prepare_model
+def text_model_dir():
+    """SmolLM2-135M-Instruct as published (text only), exported once per cache."""
+    from models.catalog import TEXT_MODEL, prepare_model
 
-    return prepare_model()
+    return prepare_model(TEXT_MODEL)
 
 
 @pytest.fixture(scope="session")
-def default_model(default_model_dir):
-    return load_chat_model(default_model_dir)
+def text_model(text_model_dir):
+    return load_chat_model(text_model_dir)
 
 
 @pytest.fixture(scope="session")

