@@ -5,10 +5,14 @@ import argparse
 import os
 import sys
 from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tokenizers load from token_config/, never a hub
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from PIL import Image  # noqa: E402
 
 from language.chat import ChatModel, Done, Notice, TextDelta  # noqa: E402
 from language.families import Turn  # noqa: E402
@@ -16,6 +20,7 @@ from language.generate import ContextOverflow  # noqa: E402
 from language.sampling import SamplingSettings  # noqa: E402
 from models.catalog import DEFAULT_MODEL, DEFAULT_SEQ_LEN  # noqa: E402
 from runtime import BACKENDS  # noqa: E402
+from vision.preprocess import ImageError, load_image  # noqa: E402
 
 EXIT_WORDS = {"exit", "quit", "退出"}
 CLEAR_WORDS = {"clear", "清空"}
@@ -54,47 +59,103 @@ def open_model(args: argparse.Namespace) -> ChatModel:
     return load_chat_model(prepare_model(args.model, seq_len=args.seq_len), backend=args.backend, threads=args.threads)
 
 
-def chat_loop(model: ChatModel, settings: SamplingSettings, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
-    history: list[Turn] = []
-    print(f"{model.name}: context {model.context_length} tokens. "
-          f"Type 'clear' to start a new conversation, 'exit' to quit.", file=out)
+@dataclass
+class Conversation:
+    history: list[Turn] = field(default_factory=list)
+    image: Image.Image | None = None
+    image_name: str = ""
+
+
+HELP = ("Commands: '/image PATH' looks at a picture (and starts a new conversation), '/noimage' drops it, "
+        "'clear' starts a new conversation, 'exit' quits.")
+
+
+def run_command(line: str, chat: Conversation, model: ChatModel, out: TextIO) -> bool:
+    """Carry out `line` if it is a command; False when it is a question."""
+    word, _, argument = line.partition(" ")
+    if line.lower() in CLEAR_WORDS:
+        chat.history.clear()
+        print("(conversation cleared)", file=out)
+    elif word == "/image":
+        set_image(chat, model, argument.strip(), out)
+    elif line == "/noimage":
+        chat.history.clear()
+        chat.image, chat.image_name = None, ""
+        print("(image dropped; new conversation)", file=out)
+    elif line in ("/help", "help"):
+        print(HELP, file=out)
+    else:
+        return False
+    return True
+
+
+def set_image(chat: Conversation, model: ChatModel, path: str, out: TextIO) -> None:
+    if model.vision is None:
+        print(f"({model.name} cannot look at images)", file=out)
+        return
+    try:
+        image = load_image(Path(path).expanduser())
+    except ImageError as exc:
+        print(f"({exc} The previous image is kept.)", file=out)
+        return
+    chat.history.clear()
+    chat.image, chat.image_name = image, Path(path).name
+    print(f"(looking at {chat.image_name}, {image.width}x{image.height}; new conversation)", file=out)
+
+
+def stats_line(done: Done) -> str:
+    parts = [f"{done.prompt_tokens} prompt tokens", f"first token {done.first_token_s:.2f} s",
+             f"{done.new_tokens} tokens at {done.decode_tokens_per_s:.1f} tokens/s"]
+    if done.vision_s:
+        parts.append(f"vision {done.vision_s * 1000:.0f} ms")
+    elif done.image_cached:
+        parts.append("image from cache")
+    if done.finish_reason != "stop":
+        parts.append("stopped at the length limit")
+    return "  [" + ", ".join(parts) + "]"
+
+
+def answer(question: str, chat: Conversation, model: ChatModel, settings: SamplingSettings, out: TextIO) -> None:
+    print("Answer: ", end="", file=out, flush=True)
+    try:
+        with closing(model.stream(chat.history, question, settings, chat.image)) as events:  # Ctrl-C frees the model
+            for event in events:
+                if isinstance(event, TextDelta):
+                    print(event.text, end="", file=out, flush=True)
+                elif isinstance(event, Notice):
+                    print(f"\n({event.message})\n", end="", file=out, flush=True)
+                elif isinstance(event, Done):
+                    chat.history.append(Turn(question, event.answer))
+                    print("\n" + stats_line(event), file=out, flush=True)
+    except ContextOverflow as exc:
+        print(f"\n{exc}", file=out)
+    except KeyboardInterrupt:
+        print("\n(answer stopped)", file=out)
+
+
+def chat_loop(model: ChatModel, settings: SamplingSettings, image_path: str | None = None,
+              stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+    chat = Conversation()
+    sees = " It can look at pictures." if model.vision else ""
+    print(f"{model.name}: context {model.context_length} tokens.{sees} {HELP}", file=out)
+    if image_path:
+        set_image(chat, model, image_path, out)
     while True:
-        print("\nQuestion: ", end="", file=out, flush=True)
+        print(f"\nQuestion{f' about {chat.image_name}' if chat.image else ''}: ", end="", file=out, flush=True)
         line = stdin.readline()
         if not line:  # end of input
             print(file=out)
             return
-        question = line.strip()
-        if question.lower() in EXIT_WORDS:
+        line = line.strip()
+        if line.lower() in EXIT_WORDS:
             return
-        if question.lower() in CLEAR_WORDS:
-            history.clear()
-            print("(conversation cleared)", file=out)
-            continue
-        if not question:
-            continue
-        print("Answer: ", end="", file=out, flush=True)
-        try:
-            with closing(model.stream(history, question, settings)) as events:  # Ctrl-C frees the model
-                for event in events:
-                    if isinstance(event, TextDelta):
-                        print(event.text, end="", file=out, flush=True)
-                    elif isinstance(event, Notice):
-                        print(f"\n({event.message})\n", end="", file=out, flush=True)
-                    elif isinstance(event, Done):
-                        history.append(Turn(question, event.answer))
-                        print(f"\n  [{event.prompt_tokens} prompt tokens, first token {event.first_token_s:.2f} s, "
-                              f"{event.new_tokens} tokens at {event.decode_tokens_per_s:.1f} tokens/s"
-                              f"{', stopped at the length limit' if event.finish_reason != 'stop' else ''}]",
-                              file=out, flush=True)
-        except ContextOverflow as exc:
-            print(f"\n{exc}", file=out)
-        except KeyboardInterrupt:
-            print("\n(answer stopped)", file=out)
+        if line and not run_command(line, chat, model, out):
+            answer(line, chat, model, settings, out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--image", metavar="PATH", help="start by looking at this picture")
     add_model_args(parser)
     add_sampling_args(parser)
     args = parser.parse_args(argv)
@@ -105,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        chat_loop(model, settings)
+        chat_loop(model, settings, args.image)
     except KeyboardInterrupt:
         print()
     return 0

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_chat_loop_answers_clears_and_exits(tiny_model):
     out = io.StringIO()
-    chat_loop(tiny_model, SamplingSettings(max_new_tokens=5), io.StringIO("Hello\nclear\n\nSecond\nexit\nnot read\n"), out)
+    chat_loop(tiny_model, SamplingSettings(max_new_tokens=5), None, io.StringIO("Hello\nclear\n\nSecond\nexit\nnot read\n"), out)
     text = out.getvalue()
     assert text.count("Answer: ") == 2
     assert "(conversation cleared)" in text
@@ -20,13 +20,13 @@ def test_the_chat_loop_answers_clears_and_exits(tiny_model):
 
 def test_the_chat_loop_ends_at_end_of_input(tiny_model):
     out = io.StringIO()
-    chat_loop(tiny_model, SamplingSettings(max_new_tokens=3), io.StringIO("Hello\n"), out)
+    chat_loop(tiny_model, SamplingSettings(max_new_tokens=3), None, io.StringIO("Hello\n"), out)
     assert out.getvalue().count("Answer: ") == 1
 
 
 def test_an_over_long_question_is_reported_and_the_chat_goes_on(tiny_model):
     out = io.StringIO()
-    chat_loop(tiny_model, SamplingSettings(max_new_tokens=3), io.StringIO("word " * 300 + "\nHi\n"), out)
+    chat_loop(tiny_model, SamplingSettings(max_new_tokens=3), None, io.StringIO("word " * 300 + "\nHi\n"), out)
     assert "too long" in out.getvalue() and out.getvalue().count("tokens/s") == 1
 
 
@@ -42,3 +42,27 @@ def test_app_py_runs_a_chat_end_to_end(tiny_dir):
                             input="Hello\nexit\n", capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Answer: " in result.stdout and "4 tokens" in result.stdout
+
+
+def test_image_commands_look_change_and_drop_the_picture(tiny_seeing, tmp_path):
+    from PIL import Image
+
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (50, 50), (255, 0, 0)).save(red)
+    Image.new("RGB", (50, 50), (0, 0, 255)).save(blue)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    script = f"What is it?\nAnd now?\n/image {blue}\nWhat is it?\n/image {tmp_path / 'notes.txt'}\n/noimage\nHi\n"
+    out = io.StringIO()
+    chat_loop(tiny_seeing[0], SamplingSettings(max_new_tokens=3), str(red), io.StringIO(script), out)
+    text = out.getvalue()
+    assert "looking at red.png" in text and "looking at blue.png" in text
+    assert text.count("vision ") == 2 and text.count("image from cache") == 1
+    assert "not an image" in text and "previous image is kept" in text
+    assert "image dropped" in text and "Question about blue.png" in text
+    assert text.count("Answer: ") == 4
+
+
+def test_a_text_only_model_says_it_cannot_look(tiny_model, tmp_path):
+    out = io.StringIO()
+    chat_loop(tiny_model, SamplingSettings(max_new_tokens=3), None, io.StringIO("/image x.png\n"), out)
+    assert "cannot look at images" in out.getvalue()
