@@ -1,6 +1,7 @@
-"""Benchmark the split-net runtime against transformers on the default model, same weights, same prompt.
+"""Benchmark the split-net runtime against transformers on SmolLM2, same weights, same prompt;
+then the seeing default model's vision time and first-token latency with and without an image.
 
-    python bench/benchmark.py [--runs 5] [--new-tokens 64] [--threads N] [--only onnx|transformers] [--json PATH]
+    python bench/benchmark.py [--runs 5] [--new-tokens 64] [--threads N] [--only onnx|transformers|vision] [--json PATH]
 
 Runtimes, both fp32 on CPU with the same thread count:
   split nets, ONNX Runtime  this project: Generator.prefill / Generator.decode over the exported nets
@@ -21,6 +22,10 @@ both runtimes produce exactly N tokens):
   peak RSS MB     resource.getrusage(RUSAGE_SELF).ru_maxrss of the runtime's own process: loading
                   included, so this is the high-water mark, not the steady state
 
+The vision part (smollm2-vision, one question about a drawn red circle, one new token):
+  vision net ms   preprocessed picture -> prefix embeddings, the image cache emptied first
+  first token ms  no image / a new image (vision included) / the same image again (from the cache)
+
 Each runtime runs in its own subprocess (this script with --worker) so peak memory is per runtime.
 Timed figures are medians over --runs after one warm-up run. They are wall-clock times on a
 machine that is doing other things too: expect a few percent of noise between invocations, more
@@ -37,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PROMPT = "Tell me about the history of the Roman Empire."
+VISION_QUESTION = "What colour is the shape?"
 RUNTIMES = {"onnx": "split nets, ONNX Runtime", "transformers": "transformers eager"}
 NOT_INSTALLED = "not installed (pip install -r requirements-dev.txt)"
 
@@ -107,8 +112,6 @@ def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
     from token_config import load_tokenizer
 
     torch.set_num_threads(threads)
-    # read_llama_gguf returns some tensors as read-only views of the file; load_state_dict copies them
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     model = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))
     return TransformersEager(model), LlamaFamily(load_tokenizer(TEXT_MODEL)).encode([], PROMPT).ids
 
@@ -154,6 +157,49 @@ def worker(name: str, runs: int, new_tokens: int, threads: int) -> dict:
             "decode_tok_s_runs": [(new_tokens - 1) / s for s in decode_s]}
 
 
+def red_circle():
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (224, 224), "white")
+    ImageDraw.Draw(image).ellipse([60, 60, 164, 164], fill=(220, 40, 40))
+    return image
+
+
+def vision_worker(runs: int, threads: int) -> dict:
+    """The seeing default model: vision net time, and first-token latency with and without an image."""
+    from language.loader import load_chat_model
+    from language.sampling import SamplingSettings
+    from models.catalog import VISION_MODEL, prepare_model
+
+    model = load_chat_model(prepare_model(VISION_MODEL, progress=None), "onnx", threads)
+    one_token, image = SamplingSettings(max_new_tokens=1), red_circle()
+
+    def ask(with_image: bool, fresh: bool):
+        if fresh:
+            model.vision.clear_cache()
+        return model.reply([], VISION_QUESTION, one_token, image if with_image else None)
+
+    ask(True, True)  # warm-up
+    text = [ask(False, False).first_token_s for _ in range(runs)]
+    new = [ask(True, True) for _ in range(runs)]
+    cached = [ask(True, False).first_token_s for _ in range(runs)]
+    return {"model": VISION_MODEL, "vision_ms": statistics.median(d.vision_s for d in new) * 1000,
+            "first_token_ms_text": statistics.median(text) * 1000,
+            "first_token_ms_new_image": statistics.median(d.first_token_s for d in new) * 1000,
+            "first_token_ms_cached_image": statistics.median(cached) * 1000,
+            "image_rows": model.vision.rows, "peak_rss_mb": peak_rss_mb()}
+
+
+def vision_table(r: dict) -> str:
+    return "\n".join([
+        f"| {r['model']}: \"{VISION_QUESTION}\" | vision net ms | first token ms: no image | "
+        f"new image (vision included) | cached image | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| split nets, ONNX Runtime ({r['image_rows']} image rows) | {r['vision_ms']:.1f} | "
+        f"{r['first_token_ms_text']:.1f} | {r['first_token_ms_new_image']:.1f} | "
+        f"{r['first_token_ms_cached_image']:.1f} | {r['peak_rss_mb']:.0f} |"])
+
+
 def export_once() -> Path:
     """Export the default model if needed, in a child process: a big parent would inflate the
     workers' ru_maxrss, which Linux carries across exec."""
@@ -172,6 +218,9 @@ def weight_bytes_per_token(arch: dict) -> int:
 def run_worker(name: str, args: argparse.Namespace) -> dict:
     if name == "transformers" and not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
         return {"runtime": RUNTIMES[name], "error": NOT_INSTALLED}
+    if name == "vision":
+        subprocess.run([sys.executable, "-c", "from models.catalog import VISION_MODEL, prepare_model; "
+                        "prepare_model(VISION_MODEL)"], cwd=ROOT, check=True)
     command = [sys.executable, __file__, "--worker", name, "--runs", str(args.runs),
                "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
     out = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -206,8 +255,8 @@ def main(args: argparse.Namespace) -> None:
     from models.store import read_config
 
     config = read_config(export_once())
-    names = [args.only] if args.only else list(RUNTIMES)
-    rows = [run_worker(name, args) for name in names]
+    names = [args.only] if args.only else [*RUNTIMES, "vision"]
+    rows = [run_worker(name, args) for name in names if name in RUNTIMES]
     bytes_per_token = weight_bytes_per_token(config["architecture"])
     measured = [r for r in rows if "error" not in r]
     prompt = ", ".join(sorted({str(r["prompt_tokens"]) for r in measured})) or "?"
@@ -218,9 +267,13 @@ def main(args: argparse.Namespace) -> None:
     print(table(rows, bytes_per_token))
     if len(measured) == 2:
         print("\n" + comparison(*measured))
+    seeing = run_worker("vision", args) if "vision" in names else None
+    if seeing:
+        print("\n" + vision_table(seeing))
     if args.json:
         result = {"model": config["name"], "prompt": PROMPT, "new_tokens": args.new_tokens, "runs": args.runs,
-                  "threads": args.threads, "weight_bytes_per_token": bytes_per_token, "rows": rows}
+                  "threads": args.threads, "weight_bytes_per_token": bytes_per_token, "rows": rows,
+                  "vision": seeing}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -229,9 +282,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up (default 5)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both runtimes")
-    p.add_argument("--only", choices=list(RUNTIMES), help="run this runtime only")
+    p.add_argument("--only", choices=[*RUNTIMES, "vision"], help="run this part only")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
-    p.add_argument("--worker", choices=list(RUNTIMES), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[*RUNTIMES, "vision"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.runs < 1 or args.new_tokens < 2 or args.threads < 1:
         p.error("--runs and --threads must be at least 1, --new-tokens at least 2")
@@ -240,7 +293,9 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.worker:
+    if arguments.worker == "vision":
+        print(json.dumps(vision_worker(arguments.runs, arguments.threads)))
+    elif arguments.worker:
         print(json.dumps(worker(arguments.worker, arguments.runs, arguments.new_tokens, arguments.threads)))
     else:
         main(arguments)

@@ -19,7 +19,7 @@ def transformers_llama(arch: LlamaArch, tensors: dict[str, np.ndarray]) -> Llama
         max_position_embeddings=arch.max_positions, tie_word_embeddings="lm_head.weight" not in tensors,
     )
     model = LlamaForCausalLM(config).eval()
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()}  # writable copies
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     return model

@@ -37,8 +37,8 @@ def test_bad_arguments_exit_with_a_message(capsys):
     assert "top_p" in capsys.readouterr().err
 
 
-def test_app_py_runs_a_chat_end_to_end(tiny_dir):
-    result = subprocess.run([sys.executable, "app.py", "--model", str(tiny_dir[0]), "--max-new-tokens", "4"],
+def test_cli_py_runs_a_chat_end_to_end(tiny_dir):
+    result = subprocess.run([sys.executable, "cli.py", "--model", str(tiny_dir[0]), "--max-new-tokens", "4"],
                             input="Hello\nexit\n", capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Answer: " in result.stdout and "4 tokens" in result.stdout

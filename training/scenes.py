@@ -116,3 +116,18 @@ def _yes_no(template: str, present: str, absent: str, rng: random.Random) -> tup
     if rng.random() < 0.5:
         return template.format(present), "Yes.", "yes"
     return template.format(absent), "No.", "no"
+
+
+EXAMPLES = {"red-circle": Scene("circle", "red", 1, "center"), "three-blue-squares": Scene("square", "blue", 3, None),
+            "green-triangle-left": Scene("triangle", "green", 1, "left"),
+            "yellow-star-top": Scene("star", "yellow", 1, "top")}
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "web/examples")  # the web app's example pictures
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, scene in EXAMPLES.items():
+        draw_scene(scene, random.Random(name)).save(folder / f"{name}.png", optimize=True)

@@ -11,8 +11,9 @@ What is trained, and why:
   at export.
 
 Steps:
-1. warm-up (no language model, a few minutes): the tower alone learns shape, colour, count
-   and position from auxiliary classification heads on its query outputs;
+1. warm-up (no language model, about a third of the time): the tower alone learns shape,
+   colour, count and position from auxiliary classification heads on its query outputs,
+   at ~0.3 s per batch of 32 instead of ~3 s per batch of 8 with the LM in the loop;
 2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
    runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
    stays on. One batch in eight slots is a text-only chat answered beforehand by the
@@ -45,7 +46,7 @@ from training.examples import (COLOUR_LABELS, COUNT_LABELS, POSITION_LABELS, SHA
 from training.vision_tower import VisionConfig, VisionTower
 from vision.preprocess import to_pixels
 
-CONFIG = VisionConfig(num_queries=16)
+CONFIG = VisionConfig(patch_size=32, num_queries=16)  # 7x7 patches: the pictures are simple, CPU time is short
 LORA_RANK, LORA_ALPHA = 8, 16
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HEADS = {"shape": len(SHAPE_LABELS), "colour": len(COLOUR_LABELS), "count": len(COUNT_LABELS),
@@ -169,7 +170,7 @@ def save_adapter(path: Path, tower: VisionTower, adapters: dict[str, LoRALinear]
     for name, adapter in adapters.items():
         arrays[f"lora_a.{name}"] = adapter.lora_a.detach().numpy().astype(np.float16)
         arrays[f"lora_b.{name}"] = (adapter.lora_b.detach() * adapter.scale).numpy().astype(np.float16)
-    arrays["config"] = np.frombuffer(json.dumps(CONFIG.to_dict()).encode(), dtype=np.uint8)
+    arrays["config"] = np.frombuffer(json.dumps(tower.config.to_dict()).encode(), dtype=np.uint8)
     tmp = path.with_suffix(".partial.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
@@ -179,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=55, help="stop (and save) after this much training")
-    parser.add_argument("--warmup-steps", type=int, default=400, help="tower-only steps before the LM joins")
+    parser.add_argument("--warmup-minutes", type=float, default=18, help="tower-only training before the LM joins")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -224,7 +225,7 @@ def main() -> None:
     last_save = time.time()
     while trained_s < args.minutes * 60:
         started = time.time()
-        warm = step < args.warmup_steps
+        warm = trained_s < args.warmup_minutes * 60
         batch = random.sample(image_examples, args.batch * (4 if warm else 1))
         if not warm:  # one slot per batch keeps text-only chat as it was
             batch[-1] = random.choice(text_examples)

@@ -38,3 +38,6 @@ class VisionEncoder:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return embeds, False
+
+    def clear_cache(self) -> None:
+        self._cache.clear()

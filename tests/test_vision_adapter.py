@@ -1,0 +1,39 @@
+"""The file training writes is the file the exporter reads: tower weights and LoRA deltas."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.vision_adapter import merge_lora, read_vision_adapter
+from training.train_vision import LoRALinear, save_adapter
+from training.vision_tower import VisionTower
+from tests.test_vision_parity import SMALL
+
+
+def test_saved_adapter_reads_back_and_merges_into_the_weights(tmp_path):
+    torch.manual_seed(0)
+    tower = VisionTower(SMALL)
+    base = nn.Linear(6, 5, bias=False)
+    adapter = LoRALinear(base, rank=2, alpha=4)
+    with torch.no_grad():
+        adapter.lora_b.normal_()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    save_adapter(tmp_path / "a.npz", tower, {name: adapter})
+
+    read = read_vision_adapter(tmp_path / "a.npz")
+    assert read.vision_config == SMALL.to_dict()
+    for key, value in tower.state_dict().items():
+        np.testing.assert_allclose(read.vision_tensors[key], value.numpy(), atol=1e-3, rtol=1e-3)  # stored as fp16
+
+    weights = {name: base.weight.detach().numpy().copy(), "model.norm.weight": np.ones(5, np.float32)}
+    merged = merge_lora(weights, read.lora)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        expected = adapter(x).numpy()
+    np.testing.assert_allclose(x.numpy() @ merged[name].T, expected, atol=1e-2)
+    assert merged["model.norm.weight"] is weights["model.norm.weight"]
+
+
+def test_an_adapter_for_another_model_is_refused():
+    with pytest.raises(ValueError, match="does not fit"):
+        merge_lora({"a.weight": np.zeros((2, 2))}, {"b.weight": (np.zeros((1, 2)), np.zeros((2, 1)))})

@@ -1,0 +1,145 @@
+"""The web app, driven through its HTTP API with gradio_client, on the tiny seeing model."""
+import os
+import socket
+import threading
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from language.sampling import SamplingSettings  # noqa: E402
+from vision.preprocess import load_image  # noqa: E402
+from web import handlers  # noqa: E402
+from web.handlers import Session  # noqa: E402
+from web.share import share_service_reachable  # noqa: E402
+from web.ui import build_ui  # noqa: E402
+
+SETTINGS = [6, 0.0, 0.9, 40, 1.0]  # max new tokens, temperature, top-p, top-k, repetition penalty
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_seeing):
+    demo = build_ui(tiny_seeing[0])
+    demo.queue(max_size=16)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    paths = {}
+    for name, rgb in colours.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (48, 48), rgb).save(paths[name])
+    (tmp_path / "notes.png").write_text("not a picture")
+    return paths, tmp_path / "notes.png"
+
+
+def expected_answer(model, question: str, path) -> str:
+    return model.reply([], question, handlers.settings_from(*SETTINGS), image=load_image(path)).answer
+
+
+def last_answer(messages) -> str:
+    return messages[-1]["content"][0]["text"]
+
+
+def client(url: str) -> Client:
+    return Client(url, verbose=False)
+
+
+def test_upload_describes_and_answers_follow_ups(app, tiny_seeing, pictures):
+    paths, _ = pictures
+    c = client(app)
+    messages, stats = c.predict(handle_file(str(paths["red"])), True, *SETTINGS, api_name="/set_image")
+    assert messages[0]["content"][0]["type"] == "file"  # the picture is shown in the chat
+    assert last_answer(messages) == expected_answer(tiny_seeing[0], handlers.DESCRIBE_PROMPT, paths["red"])
+    assert "vision" in stats and "tokens/s" in stats
+    question, messages, stats = c.predict("What colour is it?", *SETTINGS, api_name="/image_chat")
+    assert question == "" and "image from cache" in stats
+    assert len(messages) == 5
+
+
+def test_answers_stream_in_pieces(app, pictures):
+    c = client(app)
+    job = c.submit("Tell me a story.", 40, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
+    updates = [update for update in job]
+    assert len(updates) > 3
+    texts = [last_answer(u[1]) for u in updates if u[1] and u[1][-1]["role"] == "assistant"]
+    assert texts[0] != texts[-1] and texts[-1].startswith(texts[1][:3])
+
+
+def test_three_sessions_at_once_each_get_their_own_image(app, tiny_seeing, pictures):
+    paths, _ = pictures
+    sessions = {name: client(app) for name in paths}
+    for name, c in sessions.items():
+        c.predict(handle_file(str(paths[name])), False, *SETTINGS, api_name="/set_image")
+    results, errors = {}, []
+
+    def ask(name: str) -> None:
+        try:
+            results[name] = sessions[name].predict("What is in the picture?", *SETTINGS, api_name="/image_chat")
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(name,)) for name in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for name in paths:
+        assert last_answer(results[name][1]) == expected_answer(tiny_seeing[0], "What is in the picture?", paths[name])
+    assert len({last_answer(r[1]) for r in results.values()}) == 3
+
+
+def test_text_tab_has_its_own_history_and_settings_reach_the_sampler(app, tiny_seeing):
+    c = client(app)
+    _, messages, stats = c.predict("Hello", 3, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
+    assert "3 tokens" in stats and "vision" not in stats
+    _, again, _ = c.predict("Hello again", 3, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
+    assert len(again) == 4 and again[:2] == messages  # the same session remembers the first turn
+
+
+def test_bad_upload_and_empty_question_are_messages_not_crashes(app, pictures):
+    _, notes = pictures
+    c = client(app)
+    messages, stats = c.predict(handle_file(str(notes)), True, *SETTINGS, api_name="/set_image")
+    assert messages == [] and "not an image" in stats
+    _, messages, stats = c.predict("   ", *SETTINGS, api_name="/image_chat")
+    assert "type a question" in stats
+    _, messages, _ = c.predict("word " * 400, *SETTINGS, api_name="/text_chat")
+    assert "too long" in last_answer(messages)
+    _, messages, _ = c.predict("Still there?", *SETTINGS, api_name="/text_chat")
+    assert last_answer(messages) and "⚠️" not in last_answer(messages)
+
+
+def test_stopping_keeps_the_partial_answer_in_the_conversation(tiny_seeing):
+    session = Session()
+    stream = handlers.answer(tiny_seeing[0], session, "Tell me a story.", SamplingSettings(max_new_tokens=50))
+    first = next(r for r in stream if r.messages[-1]["content"])
+    stream.close()  # what Gradio does when Stop cancels the event
+    assert session.turns and session.turns[0].answer == first.messages[-1]["content"].strip()
+    assert tiny_seeing[0].reply([], "Hi", SamplingSettings(max_new_tokens=2)).new_tokens == 2  # model free again
+
+
+def test_sliders_map_onto_sampling_settings():
+    assert handlers.settings_from(7.0, 0.5, 0.8, 12.0, 1.2) == SamplingSettings(
+        max_new_tokens=7, temperature=0.5, top_p=0.8, top_k=12, repetition_penalty=1.2)
+
+
+def test_an_unreachable_share_service_is_reported_quickly():
+    port = free_port()  # nothing listens there
+    ok, why = share_service_reachable(f"127.0.0.1:{port}", timeout_s=2)
+    assert not ok and f"127.0.0.1:{port}" in why

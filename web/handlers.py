@@ -1,0 +1,108 @@
+"""What the web app does, as plain functions of (inputs, session state) -> outputs.
+
+Gradio calls these; tests call them directly. The ChatModel is shared by every browser
+session; each session's conversation and picture live in its own `Session`.
+"""
+from __future__ import annotations
+
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from PIL import Image
+
+from language.chat import ChatModel, Done, Notice, TextDelta
+from language.families import Turn
+from language.generate import ContextOverflow
+from language.sampling import SamplingSettings
+from vision.preprocess import ImageError, load_image
+
+DESCRIBE_PROMPT = "Describe the image."
+
+Messages = list[dict]
+
+
+@dataclass
+class Session:
+    """One browser tab's conversation: model-side turns, the picture they are about, and the
+    chat as displayed (kept here, so API callers need not send it back)."""
+    turns: list[Turn] = field(default_factory=list)
+    image: Image.Image | None = None
+    messages: Messages = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One streamed update: the chat as shown, and the stats line."""
+    messages: Messages
+    stats: str
+
+
+def settings_from(max_new_tokens: float, temperature: float, top_p: float, top_k: float,
+                  repetition_penalty: float) -> SamplingSettings:
+    return SamplingSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+                            top_k=int(top_k), repetition_penalty=float(repetition_penalty))
+
+
+def stats_text(done: Done) -> str:
+    parts = [f"first token {done.first_token_s:.2f} s", f"{done.new_tokens} tokens",
+             f"{done.decode_tokens_per_s:.1f} tokens/s"]
+    if done.vision_s:
+        parts.append(f"vision {done.vision_s * 1000:.0f} ms")
+    elif done.image_cached:
+        parts.append("image from cache")
+    if done.finish_reason != "stop":
+        parts.append("cut at the length limit")
+    return " · ".join(parts)
+
+
+def new_image(model: ChatModel, path: str | None) -> tuple[Session, str]:
+    """A picture was uploaded (or removed): a new conversation about it starts."""
+    if not path:
+        return Session(), ""
+    if model.vision is None:
+        return Session(), f"⚠️ {model.name} cannot look at images."
+    try:
+        image = load_image(path)
+    except ImageError as exc:
+        return Session(), f"⚠️ {exc}"
+    return Session(image=image, messages=[{"role": "user", "content": {"path": path}}]), ""
+
+
+def answer(model: ChatModel, session: Session, question: str, settings: SamplingSettings) -> Iterator[Reply]:
+    """Stream the answer to `question` into the chat; problems become a message in the chat.
+
+    Stopped half-way (the generator closed), the partial answer stays in the conversation.
+    """
+    question = question.strip()
+    if not question:
+        yield Reply(session.messages, "⚠️ Please type a question first.")
+        return
+    shown = session.messages = [*session.messages, {"role": "user", "content": question},
+                                {"role": "assistant", "content": ""}]
+    text, notice, done = "", "", None
+    try:
+        with closing(model.stream(session.turns, question, settings, session.image)) as events:
+            for event in events:
+                if isinstance(event, TextDelta):
+                    text += event.text
+                    shown[-1] = {"role": "assistant", "content": text}
+                    yield Reply(shown, notice)
+                elif isinstance(event, Notice):
+                    notice = f"ℹ️ {event.message}"
+                elif isinstance(event, Done):
+                    done = event
+        session.turns.append(Turn(question, done.answer))
+        shown[-1] = {"role": "assistant", "content": done.answer or "…"}
+        yield Reply(shown, " · ".join(filter(None, [notice, stats_text(done)])))
+    except GeneratorExit:  # Stop pressed
+        if text:
+            session.turns.append(Turn(question, text.strip()))
+        raise
+    except (ContextOverflow, ValueError) as exc:
+        shown[-1] = {"role": "assistant", "content": f"⚠️ {exc}"}
+        yield Reply(shown, "")
+    except Exception as exc:  # a backend failure must not take the session down
+        shown[-1] = {"role": "assistant", "content": f"⚠️ The model failed on this question ({type(exc).__name__}: "
+                                                     f"{exc}). The conversation is kept; please try again."}
+        yield Reply(shown, "")
