@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from web.share import share_service_reachable
-    from web.i18n import I18N
-    from web.ui import build_ui
+    from web.ui import LAUNCH_OPTIONS, build_ui
 
     share = args.share
     if share:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, share=share,
                 auth=tuple(args.auth.split(":", 1)) if args.auth else None,
-                max_file_size=f"{args.max_upload_mb}mb", i18n=I18N, footer_links=["api"])
+                max_file_size=f"{args.max_upload_mb}mb", **LAUNCH_OPTIONS)
     return 0
 
 

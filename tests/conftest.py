@@ -1,4 +1,5 @@
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -51,3 +52,22 @@ def tiny_seeing(tmp_path_factory):
     tensors = export_tiny_llama(out, seq_len=TINY_SEQ,
                                 vision={"tensors": vision_tensors, "config": tower.config.to_dict()})
     return load_chat_model(out), tensors, tower
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app(tiny_seeing):
+    """The web app on the tiny seeing model, served on a free local port."""
+    from web.ui import LAUNCH_OPTIONS, build_ui
+
+    demo = build_ui(tiny_seeing[0])
+    demo.queue(max_size=16)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

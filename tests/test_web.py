@@ -1,6 +1,5 @@
 """The web app, driven through its HTTP API with gradio_client, on the tiny seeing model."""
 import os
-import socket
 import threading
 
 import pytest
@@ -15,25 +14,9 @@ from vision.preprocess import load_image  # noqa: E402
 from web import handlers  # noqa: E402
 from web.handlers import Session  # noqa: E402
 from web.share import share_service_reachable  # noqa: E402
-from web.ui import build_ui  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 SETTINGS = [6, 0.0, 0.9, 40, 1.0]  # max new tokens, temperature, top-p, top-k, repetition penalty
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app(tiny_seeing):
-    demo = build_ui(tiny_seeing[0])
-    demo.queue(max_size=16)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
 
 
 @pytest.fixture
@@ -143,3 +126,34 @@ def test_an_unreachable_share_service_is_reported_quickly():
     port = free_port()  # nothing listens there
     ok, why = share_service_reachable(f"127.0.0.1:{port}", timeout_s=2)
     assert not ok and f"127.0.0.1:{port}" in why
+
+
+def test_app_without_share_service_says_so_and_serves_locally(tiny_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    port, dead = free_port(), free_port()
+    env = {**os.environ, "VGLM_SHARE_SERVICE": f"127.0.0.1:{dead}"}
+    root = Path(__file__).resolve().parents[1]
+    log = open(tmp_path / "app.log", "w+")
+    server = subprocess.Popen([sys.executable, "app.py", "--model", str(tiny_dir[0]), "--port", str(port), "--share"],
+                              cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                    assert page.status == 200
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not answer locally")
+        log.seek(0)
+        assert f"No share link: 127.0.0.1:{dead} cannot be reached" in log.read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -18,6 +18,7 @@ from web.i18n import I18N as t
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MODEL_SLOT = {"concurrency_limit": 1, "concurrency_id": "model"}
+LAUNCH_OPTIONS = {"i18n": t, "footer_links": ["api"]}  # every launch() of this UI passes these
 
 
 def _settings_controls(defaults: SamplingSettings) -> list[gr.components.Component]:
@@ -55,7 +56,7 @@ def build_ui(model: ChatModel, defaults: SamplingSettings = SamplingSettings()) 
             image_session = gr.State(Session())
             with gr.Row():
                 with gr.Column(scale=2):
-                    image = gr.Image(type="filepath", label=t("image"), sources=["upload", "clipboard"], height=320)
+                    image = gr.Image(type="filepath", label="Picture · 图片", sources=["upload", "clipboard"], height=320)
                     describe = gr.Checkbox(value=True, label=t("describe"))
                     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
                     if examples:
