@@ -95,11 +95,20 @@ def test_text_tab_has_its_own_history_and_settings_reach_the_sampler(app, tiny_s
     assert len(again) == 4 and again[:2] == messages  # the same session remembers the first turn
 
 
+def test_temperature_reaches_the_sampler(app):
+    def answers(temperature: float) -> set[str]:
+        return {last_answer(client(app).predict("Hello", 6, temperature, 1.0, 0, 1.0, api_name="/text_chat")[1])
+                for _ in range(3)}
+
+    assert len(answers(0.0)) == 1  # greedy: the same answer in every session
+    assert len(answers(2.0)) > 1  # hot sampling: different answers
+
+
 def test_bad_upload_and_empty_question_are_messages_not_crashes(app, pictures):
     _, notes = pictures
     c = client(app)
     messages, stats = c.predict(handle_file(str(notes)), True, *SETTINGS, api_name="/set_image")
-    assert messages == [] and "not an image" in stats
+    assert len(messages) == 1 and "not an image" in last_answer(messages) and stats == ""
     _, messages, stats = c.predict("   ", *SETTINGS, api_name="/image_chat")
     assert "type a question" in stats
     _, messages, _ = c.predict("word " * 400, *SETTINGS, api_name="/text_chat")
@@ -115,6 +124,20 @@ def test_stopping_keeps_the_partial_answer_in_the_conversation(tiny_seeing):
     stream.close()  # what Gradio does when Stop cancels the event
     assert session.turns and session.turns[0].answer == first.messages[-1]["content"].strip()
     assert tiny_seeing[0].reply([], "Hi", SamplingSettings(max_new_tokens=2)).new_tokens == 2  # model free again
+
+
+def test_a_backend_failure_is_a_message_and_the_session_goes_on(tiny_seeing, monkeypatch):
+    model, session = tiny_seeing[0], Session()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model.generator, "generate", broken)
+        reply = list(handlers.answer(model, session, "Hello", SamplingSettings(max_new_tokens=3)))[-1]
+    assert "device lost" in reply.messages[-1]["content"] and "try again" in reply.messages[-1]["content"]
+    reply = list(handlers.answer(model, session, "Hello", SamplingSettings(max_new_tokens=3)))[-1]
+    assert "⚠️" not in reply.messages[-1]["content"] and len(reply.messages) == 4
 
 
 def test_sliders_map_onto_sampling_settings():

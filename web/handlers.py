@@ -61,12 +61,16 @@ def new_image(model: ChatModel, path: str | None) -> tuple[Session, str]:
     if not path:
         return Session(), ""
     if model.vision is None:
-        return Session(), f"⚠️ {model.name} cannot look at images."
+        return _said(f"⚠️ {model.name} cannot look at images."), ""
     try:
         image = load_image(path)
     except ImageError as exc:
-        return Session(), f"⚠️ {exc}"
+        return _said(f"⚠️ {exc} Please try another picture."), ""
     return Session(image=image, messages=[{"role": "user", "content": {"path": path}}]), ""
+
+
+def _said(text: str) -> Session:
+    return Session(messages=[{"role": "assistant", "content": text}])
 
 
 def answer(model: ChatModel, session: Session, question: str, settings: SamplingSettings) -> Iterator[Reply]:
