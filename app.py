@@ -13,7 +13,7 @@ import sys
 for key, value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
     os.environ.setdefault(key, value)  # no telemetry, no hub: set before gradio is imported
 
-from cli import add_model_args, add_sampling_args, open_model, sampling_from_args  # noqa: E402
+from cli import add_model_args, add_sampling_args, open_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,12 +35,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        defaults = sampling_from_args(args)
-        model = open_model(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    opened = open_model(args)
+    if opened is None:
         return 2
+    defaults, model = opened
     from web.share import share_service_reachable
     from web.ui import LAUNCH_OPTIONS, build_ui
 

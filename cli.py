@@ -52,11 +52,18 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
                             top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
-def open_model(args: argparse.Namespace) -> ChatModel:
+def open_model(args: argparse.Namespace) -> tuple[SamplingSettings, ChatModel] | None:
+    """The settings and the model the flags ask for, or None after saying what is wrong."""
     from language.loader import load_chat_model
     from models.catalog import prepare_model
 
-    return load_chat_model(prepare_model(args.model, seq_len=args.seq_len), backend=args.backend, threads=args.threads)
+    try:
+        settings = sampling_from_args(args)
+        model_dir = prepare_model(args.model, seq_len=args.seq_len)
+        return settings, load_chat_model(model_dir, backend=args.backend, threads=args.threads)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 @dataclass
@@ -104,15 +111,7 @@ def set_image(chat: Conversation, model: ChatModel, path: str, out: TextIO) -> N
 
 
 def stats_line(done: Done) -> str:
-    parts = [f"{done.prompt_tokens} prompt tokens", f"first token {done.first_token_s:.2f} s",
-             f"{done.new_tokens} tokens at {done.decode_tokens_per_s:.1f} tokens/s"]
-    if done.vision_s:
-        parts.append(f"vision {done.vision_s * 1000:.0f} ms")
-    elif done.image_cached:
-        parts.append("image from cache")
-    if done.finish_reason != "stop":
-        parts.append("stopped at the length limit")
-    return "  [" + ", ".join(parts) + "]"
+    return "  [" + ", ".join([f"{done.prompt_tokens} prompt tokens", *done.figures()]) + "]"
 
 
 def answer(question: str, chat: Conversation, model: ChatModel, settings: SamplingSettings, out: TextIO) -> None:
@@ -159,12 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(parser)
     add_sampling_args(parser)
     args = parser.parse_args(argv)
-    try:
-        settings = sampling_from_args(args)
-        model = open_model(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    opened = open_model(args)
+    if opened is None:
         return 2
+    settings, model = opened
     try:
         chat_loop(model, settings, args.image)
     except KeyboardInterrupt:

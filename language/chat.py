@@ -42,6 +42,19 @@ class Done:
     image_cached: bool = False
 
 
+    def figures(self) -> list[str]:
+        """The answer's timings, worded for people."""
+        parts = [f"first token {self.first_token_s:.2f} s",
+                 f"{self.new_tokens} tokens at {self.decode_tokens_per_s:.1f} tokens/s"]
+        if self.vision_s:
+            parts.append(f"vision {self.vision_s * 1000:.0f} ms")
+        elif self.image_cached:
+            parts.append("image from cache")
+        if self.finish_reason != "stop":
+            parts.append("cut at the length limit")
+        return parts
+
+
 Event = TextDelta | Notice | Done
 
 

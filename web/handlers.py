@@ -45,15 +45,7 @@ def settings_from(max_new_tokens: float, temperature: float, top_p: float, top_k
 
 
 def stats_text(done: Done) -> str:
-    parts = [f"first token {done.first_token_s:.2f} s", f"{done.new_tokens} tokens",
-             f"{done.decode_tokens_per_s:.1f} tokens/s"]
-    if done.vision_s:
-        parts.append(f"vision {done.vision_s * 1000:.0f} ms")
-    elif done.image_cached:
-        parts.append("image from cache")
-    if done.finish_reason != "stop":
-        parts.append("cut at the length limit")
-    return " · ".join(parts)
+    return " · ".join(done.figures())
 
 
 def new_image(model: ChatModel, path: str | None) -> tuple[Session, str]:

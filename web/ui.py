@@ -6,6 +6,7 @@ in Gradio's queue and see their position in it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -33,6 +34,36 @@ def _settings_controls(defaults: SamplingSettings) -> list[gr.components.Compone
             ]
 
 
+@dataclass
+class ChatPanel:
+    session: gr.State
+    chat: gr.Chatbot
+    question: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    clear: gr.Button
+    stats: gr.Markdown
+
+
+def _chat_panel(placeholder: str, height: int) -> ChatPanel:
+    session = gr.State(Session())
+    chat = gr.Chatbot(label=t("chat"), buttons=["copy", "copy_all"], height=height)
+    question = gr.Textbox(placeholder=t(placeholder), show_label=False)
+    with gr.Row():
+        send, stop, clear = gr.Button(t("send"), variant="primary"), gr.Button(t("stop")), gr.Button(t("clear"))
+    return ChatPanel(session, chat, question, send, stop, clear, gr.Markdown(elem_classes="stats"))
+
+
+def _wire(panel: ChatPanel, ask, settings: list, api_name: str, more_events=(), also_clear=()) -> None:
+    """Send/Enter ask; Stop cancels whatever of this panel is running; Clear starts over."""
+    io = ([panel.question, panel.session, *settings], [panel.question, panel.session, panel.chat, panel.stats])
+    events = [panel.question.submit(ask, *io, api_name=api_name, **MODEL_SLOT),
+              panel.send.click(ask, *io, api_name=False, **MODEL_SLOT), *more_events]
+    panel.stop.click(None, cancels=events)
+    panel.clear.click(lambda: (*[None] * len(also_clear), Session(), [], ""), None,
+                      [*also_clear, panel.session, panel.chat, panel.stats], cancels=events, api_name=False)
+
+
 def build_ui(model: ChatModel, defaults: SamplingSettings = SamplingSettings()) -> gr.Blocks:
     def ask(question, session, *settings):
         for reply in handlers.answer(model, session, question, handlers.settings_from(*settings)):
@@ -47,13 +78,9 @@ def build_ui(model: ChatModel, defaults: SamplingSettings = SamplingSettings()) 
             for reply in handlers.answer(model, session, handlers.DESCRIBE_PROMPT, handlers.settings_from(*settings)):
                 yield session, reply.messages, reply.stats
 
-    def clear():
-        return Session(), [], ""
-
     with gr.Blocks(title="VisualGLM-TPU chat") as demo:
         gr.Markdown(f"### VisualGLM-TPU · {model.name} · context {model.context_length} tokens")
         with gr.Tab(t("image_tab")):
-            image_session = gr.State(Session())
             with gr.Row():
                 with gr.Column(scale=2):
                     image = gr.Image(type="filepath", label="Picture · 图片", sources=["upload", "clipboard"], height=320)
@@ -62,40 +89,14 @@ def build_ui(model: ChatModel, defaults: SamplingSettings = SamplingSettings()) 
                     if examples:
                         gr.Examples(examples, inputs=image, label=t("examples"))
                 with gr.Column(scale=3):
-                    image_chat = gr.Chatbot(label=t("chat"), buttons=["copy", "copy_all"], height=420)
-                    image_question = gr.Textbox(placeholder=t("question_placeholder"), show_label=False)
-                    with gr.Row():
-                        image_send = gr.Button(t("send"), variant="primary")
-                        image_stop = gr.Button(t("stop"))
-                        image_clear = gr.Button(t("clear"))
-                    image_stats = gr.Markdown(elem_classes="stats")
+                    image_panel = _chat_panel("question_placeholder", 420)
         with gr.Tab(t("text_tab")):
-            text_session = gr.State(Session())
-            text_chat = gr.Chatbot(label=t("chat"), buttons=["copy", "copy_all"], height=460)
-            text_question = gr.Textbox(placeholder=t("text_placeholder"), show_label=False)
-            with gr.Row():
-                text_send = gr.Button(t("send"), variant="primary")
-                text_stop = gr.Button(t("stop"))
-                text_clear = gr.Button(t("clear"))
-            text_stats = gr.Markdown(elem_classes="stats")
+            text_panel = _chat_panel("text_placeholder", 460)
         settings = _settings_controls(defaults)
 
-        image_io = ([image_question, image_session, *settings], [image_question, image_session, image_chat, image_stats])
-        image_events = [
-            image_question.submit(ask, *image_io, api_name="image_chat", **MODEL_SLOT),
-            image_send.click(ask, *image_io, api_name=False, **MODEL_SLOT),
-            image.change(upload, [image, describe, *settings], [image_session, image_chat, image_stats],
-                         api_name="set_image", preprocess=False, **MODEL_SLOT),
-        ]
-        image_stop.click(None, cancels=image_events)
-        image_clear.click(lambda: (None, *clear()), None, [image, image_session, image_chat, image_stats],
-                          cancels=image_events, api_name=False)
-
-        text_io = ([text_question, text_session, *settings], [text_question, text_session, text_chat, text_stats])
-        text_events = [
-            text_question.submit(ask, *text_io, api_name="text_chat", **MODEL_SLOT),
-            text_send.click(ask, *text_io, api_name=False, **MODEL_SLOT),
-        ]
-        text_stop.click(None, cancels=text_events)
-        text_clear.click(clear, None, [text_session, text_chat, text_stats], cancels=text_events, api_name=False)
+        upload_event = image.change(upload, [image, describe, *settings],
+                                    [image_panel.session, image_panel.chat, image_panel.stats],
+                                    api_name="set_image", preprocess=False, **MODEL_SLOT)
+        _wire(image_panel, ask, settings, "image_chat", more_events=[upload_event], also_clear=[image])
+        _wire(text_panel, ask, settings, "text_chat")
     return demo
