@@ -267,9 +267,13 @@ def main(args: argparse.Namespace) -> None:
     print(table(rows, bytes_per_token))
     if len(measured) == 2:
         print("\n" + comparison(*measured))
-    seeing = run_worker("vision", args) if "vision" in names else None
+    from models.catalog import VISION_ADAPTER
+
+    seeing = run_worker("vision", args) if "vision" in names and VISION_ADAPTER.is_file() else None
     if seeing:
         print("\n" + vision_table(seeing))
+    elif "vision" in names:
+        print(f"\n(vision part skipped: {VISION_ADAPTER} is not there)")
     if args.json:
         result = {"model": config["name"], "prompt": PROMPT, "new_tokens": args.new_tokens, "runs": args.runs,
                   "threads": args.threads, "weight_bytes_per_token": bytes_per_token, "rows": rows,

@@ -42,23 +42,6 @@ def tiny_llama(arch: LlamaArch = TINY_LLAMA, seed: int = 0, peaked: bool = True)
     return tensors
 
 
-def tiny_vision(lm_hidden: int, seed: int = 0):
-    """A tiny random vision tower (needs PyTorch) and its weights; its output is far from flat."""
-    import torch
-
-    from training.vision_tower import VisionConfig, VisionTower
-
-    torch.manual_seed(seed)
-    config = VisionConfig(image_size=32, patch_size=8, vit_width=32, vit_layers=2, vit_heads=2, num_queries=4,
-                          qformer_width=32, qformer_layers=2, qformer_heads=2, lm_hidden=lm_hidden)
-    tower = VisionTower(config).eval()
-    with torch.no_grad():
-        for p in tower.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        tower.proj.weight.mul_(20)  # prefix rows as large as word embeddings (std 1)
-    return tower, {k: v.numpy() for k, v in tower.state_dict().items()}
-
-
 def export_tiny_llama(out_dir, seq_len: int = 64, seed: int = 0, peaked: bool = True,
                       arch: LlamaArch = TINY_LLAMA, vision: dict | None = None) -> dict[str, np.ndarray]:
     """Export a tiny random llama (SmolLM2's tokenizer), and a vision net if its weights are

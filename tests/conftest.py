@@ -39,13 +39,30 @@ def text_model(text_model_dir):
     return load_chat_model(text_model_dir)
 
 
+def tiny_vision(lm_hidden: int, seed: int = 0):
+    """A tiny random vision tower (needs PyTorch) and its weights; its output is far from flat."""
+    import torch
+
+    from training.vision_tower import VisionConfig, VisionTower
+
+    torch.manual_seed(seed)
+    config = VisionConfig(image_size=32, patch_size=8, vit_width=32, vit_layers=2, vit_heads=2, num_queries=4,
+                          qformer_width=32, qformer_layers=2, qformer_heads=2, lm_hidden=lm_hidden)
+    tower = VisionTower(config).eval()
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        tower.proj.weight.mul_(20)  # prefix rows as large as word embeddings (std 1)
+    return tower, {k: v.numpy() for k, v in tower.state_dict().items()}
+
+
 @pytest.fixture(scope="session")
 def tiny_seeing(tmp_path_factory):
     """A tiny random llama with a tiny random vision net in one model directory.
 
     Returns (model, llama weights, torch vision tower) so tests can rebuild the reference.
     """
-    from models.tiny import TINY_LLAMA, tiny_vision
+    from models.tiny import TINY_LLAMA
 
     tower, vision_tensors = tiny_vision(TINY_LLAMA.hidden_size)
     out = tmp_path_factory.mktemp("tiny-seeing")

@@ -180,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=55, help="stop (and save) after this much training")
-    parser.add_argument("--warmup-minutes", type=float, default=18, help="tower-only training before the LM joins")
+    parser.add_argument("--warmup-minutes", type=float, default=25, help="tower-only training before the LM joins")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -196,8 +196,11 @@ def main() -> None:
     lm.requires_grad_(False)
     adapters = add_lora(lm)
     tower, heads = VisionTower(CONFIG), AuxHeads(CONFIG.qformer_width)
-    params = [*tower.parameters(), *heads.parameters(), *(p for a in adapters.values() for p in (a.lora_a, a.lora_b))]
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    lora_params = [p for a in adapters.values() for p in (a.lora_a, a.lora_b)]
+    params = [*tower.parameters(), *heads.parameters(), *lora_params]
+    optimizer = torch.optim.AdamW([  # a ViT from scratch wants a small step at this batch size
+        {"params": [*tower.parameters(), *heads.parameters()], "lr": 2e-4},
+        {"params": lora_params, "lr": 1e-3}], weight_decay=0.01)
     batcher = Batcher(family, tokenizer, lm.model.embed_tokens)
 
     image_examples = easy_vqa("train") + generated(30000, seed=args.seed + 1)
