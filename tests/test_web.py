@@ -180,3 +180,21 @@ def test_app_without_share_service_says_so_and_serves_locally(tiny_dir, tmp_path
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_cancelling_a_streaming_answer_frees_the_model_for_the_next_one(app, tiny_seeing, monkeypatch):
+    import time
+
+    model = tiny_seeing[0]
+    decode = model.generator.decode
+    monkeypatch.setattr(model.generator, "decode", lambda token: (time.sleep(0.05), decode(token))[1])
+    monkeypatch.setattr(model.family, "stop_ids", frozenset())  # only the cap or a cancel ends it
+    c = client(app)
+    job = c.submit("Tell me a long story.", 80, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
+    deadline = time.time() + 30
+    while len(job.outputs()) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    job.cancel()  # what the Stop button does
+    _, messages, stats = client(app).predict("Hello", 2, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
+    assert "2 tokens" in stats  # the model was released
+    assert job.done() and not any("80 tokens" in output[2] for output in job.outputs())  # the story never finished
