@@ -4,6 +4,10 @@ Each tensor is a numpy array plus an OrtValue that aliases the same memory. Nets
 write those buffers through IO binding, so the KV cache and the hidden state are never
 re-wrapped or copied from numpy between calls; a device-to-device copy is a slice
 assignment on the shared buffer.
+
+All sessions run on ONNX Runtime's process-wide thread pool, sized by the first backend
+opened in the process (later `threads` values only set how many nets load in parallel);
+any other InferenceSession in the same process must set use_per_session_threads=False.
 """
 from __future__ import annotations
 
@@ -59,12 +63,13 @@ class OnnxBackend:
         files = sorted(self.model_dir.glob("*.onnx"))
         if not files:
             raise ModelFileError(f"no .onnx nets in {self.model_dir}")
-        _use_global_thread_pool(threads or os.cpu_count() or 1)
+        threads = threads or os.cpu_count() or 1
+        _use_global_thread_pool(threads)
         options = ort.SessionOptions()
         options.use_per_session_threads = False
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Session creation releases the GIL: loading the nets side by side halves start-up.
-        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
             sessions = list(pool.map(lambda path: _load_session(path, options), files))
         self._sessions = {path.stem: session for path, session in zip(files, sessions)}
         self._specs = {
