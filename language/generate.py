@@ -141,6 +141,9 @@ class Generator:
         if image.embeds.shape[-1] != h:
             raise ModelFileError(f"the vision net gives rows of {image.embeds.shape[-1]} values, "
                                  f"the language model takes {h}")
+        if image.embeds.dtype != hidden.dtype:
+            raise ModelFileError(f"the vision net gives {image.embeds.dtype} rows, the language model's embedding "
+                                 f"gives {hidden.dtype}: compile both with the same float type")
         if not 0 <= image.start <= length - rows:
             raise ValueError(f"image rows {image.start}..{image.start + rows} fall outside the {length}-token prompt")
         self.backend.copy(hidden, image.embeds, rows * h, dst_offset=image.start * h)

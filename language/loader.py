@@ -1,4 +1,4 @@
-"""Model directory -> ready ChatModel on the chosen backend."""
+"""Model directory (or a compiled bmodel) -> ready ChatModel on the chosen backend."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,11 +12,16 @@ from token_config import load_tokenizer
 from vision.encoder import VisionEncoder
 
 
-def load_chat_model(model_dir: Path, backend: str = "onnx", threads: int | None = None) -> ChatModel:
+def load_chat_model(model_path: Path, backend: str = "onnx", threads: int | None = None,
+                    dev_id: int = 0) -> ChatModel:
+    """`model_path`: a model directory, or a .bmodel file whose folder holds the config.json
+    that compile.bmodel wrote beside it (prompt family and tokenizer)."""
+    model_path = Path(model_path)
+    model_dir = model_path.parent if model_path.is_file() else model_path
     config = read_config(model_dir)
     tokenizer = load_tokenizer(config["tokenizer"])
     family = load_family(config["family"], tokenizer)
-    runtime = open_backend(backend, Path(model_dir), threads=threads)
+    runtime = open_backend(backend, model_path, threads=threads, dev_id=dev_id)
     vision = VisionEncoder(runtime) if "vision" in runtime.nets() else None
-    return ChatModel(Generator(runtime, family), family, tokenizer, name=config.get("name", Path(model_dir).name),
+    return ChatModel(Generator(runtime, family), family, tokenizer, name=config.get("name", model_dir.name),
                      vision=vision)

@@ -15,10 +15,13 @@ TINY_LLAMA = LlamaArch(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2
                        rms_eps=1e-5, max_positions=256)
 
 
-def tiny_llama(arch: LlamaArch = TINY_LLAMA, seed: int = 0, peaked: bool = True) -> dict[str, np.ndarray]:
+def tiny_llama(arch: LlamaArch = TINY_LLAMA, seed: int = 0, peaked: bool = True,
+               weight_std: float | None = None) -> dict[str, np.ndarray]:
+    """`weight_std` overrides the layers' weight scale (1/sqrt(hidden) gives trained-like
+    activations, for checks of quantization error rather than of token choices)."""
     rng = np.random.default_rng(seed)
     h, d, kv = arch.hidden_size, arch.head_dim, arch.num_kv_heads
-    scale = 0.2 if peaked else 0.02
+    scale = weight_std or (0.2 if peaked else 0.02)
 
     def normal(*shape: int, std: float = scale) -> np.ndarray:
         return (rng.standard_normal(shape) * std).astype(np.float32)
@@ -43,7 +46,8 @@ def tiny_llama(arch: LlamaArch = TINY_LLAMA, seed: int = 0, peaked: bool = True)
 
 
 def export_tiny_llama(out_dir, seq_len: int = 64, seed: int = 0, peaked: bool = True,
-                      arch: LlamaArch = TINY_LLAMA, vision: dict | None = None) -> dict[str, np.ndarray]:
+                      arch: LlamaArch = TINY_LLAMA, vision: dict | None = None,
+                      weight_std: float | None = None) -> dict[str, np.ndarray]:
     """Export a tiny random llama (SmolLM2's tokenizer), and a vision net if its weights are
     given, as a model directory; returns the language model's weights."""
     from pathlib import Path
@@ -51,7 +55,7 @@ def export_tiny_llama(out_dir, seq_len: int = 64, seed: int = 0, peaked: bool = 
     from export.llama import export_llama
     from models.store import write_config
 
-    tensors = tiny_llama(arch, seed, peaked)
+    tensors = tiny_llama(arch, seed, peaked, weight_std)
     export_llama(arch, tensors, Path(out_dir), seq_len)
     if vision is not None:
         from export.vision import export_vision

@@ -13,6 +13,22 @@ from typing import Protocol, Sequence
 import numpy as np
 
 
+BFLOAT16 = np.dtype([("bfloat16", np.uint16)])
+"""numpy has no bfloat16: backends that hold bf16 tensors report this 2-byte dtype for them;
+write() takes float data for such tensors and read() gives float32 back."""
+
+
+def to_bfloat16_bits(data: np.ndarray) -> np.ndarray:
+    """float -> bfloat16 bit patterns (uint16), rounding to nearest even."""
+    bits = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

@@ -57,10 +57,10 @@ def tiny_vision(lm_hidden: int, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def tiny_seeing(tmp_path_factory):
+def tiny_seeing_dir(tmp_path_factory):
     """A tiny random llama with a tiny random vision net in one model directory.
 
-    Returns (model, llama weights, torch vision tower) so tests can rebuild the reference.
+    Returns (directory, llama weights, torch vision tower) so tests can rebuild the reference.
     """
     from models.tiny import TINY_LLAMA
 
@@ -68,6 +68,13 @@ def tiny_seeing(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-seeing")
     tensors = export_tiny_llama(out, seq_len=TINY_SEQ,
                                 vision={"tensors": vision_tensors, "config": tower.config.to_dict()})
+    return out, tensors, tower
+
+
+@pytest.fixture(scope="session")
+def tiny_seeing(tiny_seeing_dir):
+    """(model on ONNX Runtime, llama weights, torch vision tower) of tiny_seeing_dir."""
+    out, tensors, tower = tiny_seeing_dir
     return load_chat_model(out), tensors, tower
 
 

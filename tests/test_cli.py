@@ -37,6 +37,17 @@ def test_bad_arguments_exit_with_a_message(capsys):
     assert "top_p" in capsys.readouterr().err
 
 
+def test_tpu_flags_explain_what_is_missing(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "sophon", None)  # as on a machine without Sophgo's SDK
+    assert main(["--bmodel", str(tmp_path / "model.bmodel")]) == 2
+    err = capsys.readouterr().err
+    assert "sophon-sail" in err and "dfss" in err and "sail-simulator" in err
+    assert main(["--backend", "sail-simulator"]) == 2
+    assert "--bmodel PATH" in capsys.readouterr().err
+    assert main(["--backend", "onnx", "--bmodel", str(tmp_path / "model.bmodel")]) == 2
+    assert "needs a TPU backend" in capsys.readouterr().err
+
+
 def test_cli_py_runs_a_chat_end_to_end(tiny_dir):
     result = subprocess.run([sys.executable, "cli.py", "--model", str(tiny_dir[0]), "--max-new-tokens", "4"],
                             input="Hello\nexit\n", capture_output=True, text=True, cwd=ROOT, timeout=120)

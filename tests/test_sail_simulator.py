@@ -1,0 +1,158 @@
+"""The TPU path without a TPU: tiny nets compiled to bmodels by compile.bmodel and run on
+tpu-mlir's chip simulator through the sail backend (the same code that drives a real chip).
+
+Skips, saying why, where the tpu-mlir toolchain is not installed (compile/setup_tpu_mlir.sh).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compile.bmodel import NetPlan, compile_model, compile_net, input_shapes
+from compile.toolchain import ToolchainMissing, find_toolchain
+from language.families.base import causal_mask, decode_mask
+from language.loader import load_chat_model
+from language.sampling import SamplingSettings
+from models.tiny import TINY_LLAMA, export_tiny_llama
+from runtime import open_backend
+from runtime.backend import BFLOAT16
+from runtime.sail_backend import SailBackend
+
+CHIP = "bm1684x"
+
+
+@pytest.fixture(scope="session")
+def toolchain():
+    try:
+        return find_toolchain()
+    except ToolchainMissing as exc:
+        pytest.skip(f"tpu-mlir is not installed here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def simulated_sail(toolchain):
+    from runtime import simulated_sail
+
+    return simulated_sail
+
+
+@pytest.fixture(scope="session")
+def compiled(toolchain, tiny_seeing_dir, tmp_path_factory):
+    """quantize mode -> the tiny seeing model compiled whole into one bmodel (cached per session)."""
+    done = {}
+
+    def get(quantize: str):
+        if quantize not in done:
+            out = tmp_path_factory.mktemp(f"bmodel-{quantize.lower()}")
+            done[quantize] = compile_model(tiny_seeing_dir[0], out, quantize=quantize, chip=CHIP, prefill_width=64,
+                                           progress=lambda *_: None)
+        return done[quantize]
+    return get
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def _inputs_for(spec, rng: np.random.Generator) -> list[np.ndarray]:
+    """Plausible inputs for one net, by the contract's input names."""
+    arrays = []
+    for t in spec.inputs:
+        if t.name == "input_ids":
+            arrays.append(rng.integers(0, 49152, t.shape).astype(np.int32))
+        elif t.name == "position_ids":
+            width = t.shape[-1]
+            arrays.append(np.arange(width, dtype=np.int32)[None] if width > 1 else np.array([[37]], np.int32))
+        elif t.name == "attention_mask":
+            width = t.shape[-1]
+            arrays.append(causal_mask(width - 9, width) if t.shape[-2] > 1 else decode_mask(37, width - 1))
+        else:
+            arrays.append(rng.standard_normal(t.shape).astype(np.float32))
+    return arrays
+
+
+def _run(backend, net: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    spec = backend.nets()[net]
+    inputs = []
+    for array, t in zip(arrays, spec.inputs):
+        tensor = backend.alloc(array.shape, t.dtype)
+        backend.write(tensor, array)
+        inputs.append(tensor)
+    outputs = [backend.alloc(t.shape if None not in t.shape else (*arrays[0].shape[:2], *t.shape[2:]), t.dtype)
+               for t in spec.outputs]
+    backend.run(net, inputs, outputs)
+    return [backend.read(o) for o in outputs]
+
+
+def _net_cosines(sail_backend, onnx_backend, nets) -> dict[str, float]:
+    """Lowest output cosine per net, same inputs on the simulator and on ONNX Runtime."""
+    rng = np.random.default_rng(0)
+    worst = {}
+    for net in nets:
+        arrays = _inputs_for(sail_backend.nets()[net], rng)
+        got, want = _run(sail_backend, net, arrays), _run(onnx_backend, net, arrays)
+        worst[net] = min(_cosine(g, w) for g, w in zip(got, want))
+    return worst
+
+
+def test_f16_model_answers_with_the_same_tokens_as_onnx_runtime(compiled, simulated_sail, tiny_seeing_dir, caplog):
+    bmodel = compiled("F16")
+    on_cpu = load_chat_model(tiny_seeing_dir[0])
+    on_sim = load_chat_model(bmodel, backend="sail-simulator")
+    greedy = SamplingSettings(max_new_tokens=8, repetition_penalty=1.0)
+    picture = Image.new("RGB", (40, 30), (200, 30, 30))
+    with_image = [m.reply([], "What is this?", greedy, image=picture) for m in (on_cpu, on_sim)]
+    text_only = [m.reply([], "Hello there", greedy) for m in (on_cpu, on_sim)]
+    assert with_image[1].answer == with_image[0].answer and with_image[1].new_tokens == with_image[0].new_tokens
+    assert text_only[1].answer == text_only[0].answer
+    assert with_image[0].answer != text_only[0].answer  # the picture's rows reached the blocks on both
+    follow_up = on_sim.reply([], "And now?", greedy, image=picture)
+    assert follow_up.vision_s == 0.0  # the cached rows stay on the device
+
+
+def test_f16_and_bf16_nets_match_onnx_runtime(compiled, simulated_sail, tiny_seeing_dir):
+    on_cpu = open_backend("onnx", tiny_seeing_dir[0])
+    for quantize, floor in (("F16", 0.9999), ("BF16", 0.999)):
+        on_sim = SailBackend(compiled(quantize), sail=simulated_sail)
+        cosines = _net_cosines(on_sim, on_cpu, sorted(on_sim.nets()))
+        assert min(cosines.values()) >= floor, (quantize, cosines)
+
+
+def test_bf16_bmodel_keeps_hidden_states_and_cache_in_bf16(compiled, simulated_sail):
+    nets = SailBackend(compiled("BF16"), sail=simulated_sail).nets()
+    assert nets["block_cache_0"].inputs[3].dtype == BFLOAT16  # the KV cache
+    assert nets["vision"].outputs[0].dtype == nets["embedding"].outputs[0].dtype == BFLOAT16  # spliced rows
+    assert nets["block_0"].inputs[1].dtype == np.int32 and nets["lm_head"].outputs[0].dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def trained_like_dir(tmp_path_factory):
+    """A tiny llama whose layers are scaled like a trained model's (weight std 1/sqrt(hidden)).
+
+    The peaked test model multiplies every error by its oversized activations (4-bit weights
+    give it a block cosine of 0.95-0.97); quantization error is measured here instead."""
+    out = tmp_path_factory.mktemp("tiny-trained-like")
+    export_tiny_llama(out, seq_len=64, weight_std=TINY_LLAMA.hidden_size ** -0.5)
+    return out
+
+
+@pytest.mark.parametrize("quantize,floor", [("W8BF16", 0.999), ("W4BF16", 0.99)])
+def test_weight_only_quantized_blocks_stay_close_to_onnx_runtime(quantize, floor, toolchain, simulated_sail,
+                                                                 trained_like_dir, tmp_path):
+    on_cpu = open_backend("onnx", trained_like_dir)
+    for name in ("block_0", "block_cache_0"):
+        path = trained_like_dir / f"{name}.onnx"
+        plan = NetPlan(name, path, input_shapes(path, 64), quantize, quant_input=True, quant_output=True)
+        bmodel, _ = compile_net(toolchain, plan, CHIP, 64, tmp_path)
+        cosines = _net_cosines(SailBackend(bmodel, sail=simulated_sail), on_cpu, [name])
+        assert cosines[name] >= floor, (quantize, cosines)
+
+
+def test_sail_backend_without_sophon_sail_says_how_to_install_it(compiled, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sophon", None)  # as on a machine without the SDK
+    with pytest.raises(ModuleNotFoundError, match="dfss"):
+        open_backend("sail", compiled("F16"))
