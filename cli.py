@@ -154,7 +154,7 @@ def chat_loop(model: ChatModel, settings: SamplingSettings, image_path: str | No
               stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
     chat = Conversation()
     sees = " It can look at pictures." if model.vision else ""
-    print(f"{model.name}: context {model.context_length} tokens.{sees} {HELP}", file=out)
+    print(f"{model.name} on {model.runs_on}: context {model.context_length} tokens.{sees} {HELP}", file=out)
     if image_path:
         set_image(chat, model, image_path, out)
     while True:

@@ -66,6 +66,10 @@ class ChatModel:
         self._lock = threading.Lock()
 
     @property
+    def runs_on(self) -> str:
+        return self.generator.backend.device
+
+    @property
     def context_length(self) -> int:
         return self.generator.context_length
 

@@ -50,6 +50,7 @@ class Tensor(Protocol):
 
 class Backend(Protocol):
     name: str
+    device: str  # where the nets run, as users should read it ("CPU (ONNX Runtime)", "TPU 0 (sophon-sail)")
 
     def nets(self) -> dict[str, NetSpec]:
         """Every net the model files provide, with their input and output specs."""

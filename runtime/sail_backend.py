@@ -64,6 +64,8 @@ class SailBackend:
             raise ModelFileError(f"no bmodel at {self.bmodel}")
         self.sail = sail or import_sail()
         self.dev_id = dev_id
+        self.device = ("SIMULATED TPU (tpu-mlir chip simulator, not hardware)" if getattr(self.sail, "SIMULATED", False)
+                       else f"TPU {dev_id} (sophon-sail)")
         self._to_numpy = _dtype_table(self.sail)
         self._to_sail = {v: k for k, v in self._to_numpy.items()}
         self.handle = self.sail.Handle(dev_id)

@@ -37,6 +37,8 @@ from runtime.backend import to_bfloat16_bits
 
 log = logging.getLogger("visualglm.tpu")
 
+SIMULATED = True  # not in the real sophon.sail: lets its users say plainly that no chip is in use
+
 CMODEL_LOCK = "/tmp/cmodel_so.lock"  # tpu-mlir's model_runner switches the same links under it
 CMODEL_LIBRARY = {  # chips BMRuntime drives, and their simulators (as tpu-mlir's model_runner maps them)
     "BM1684X": "libcmodel_bm1684x.so", "BM1688": "libcmodel_bm1688.so", "CV186X": "libcmodel_bm1688.so",

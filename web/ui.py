@@ -79,7 +79,7 @@ def build_ui(model: ChatModel, defaults: SamplingSettings = SamplingSettings()) 
                 yield session, reply.messages, reply.stats
 
     with gr.Blocks(title="VisualGLM-TPU chat") as demo:
-        gr.Markdown(f"### VisualGLM-TPU · {model.name} · context {model.context_length} tokens")
+        gr.Markdown(f"### VisualGLM-TPU · {model.name} · {model.runs_on} · context {model.context_length} tokens")
         with gr.Tab(t("image_tab")):
             with gr.Row():
                 with gr.Column(scale=2):
