@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from language.families.base import Family, Prompt, Turn
+from language.families.glm import GlmFamily
 from language.families.llama import LlamaFamily
 
-FAMILIES = {"llama": LlamaFamily}
+FAMILIES = {"llama": LlamaFamily, "glm": GlmFamily}
 
 
 def load_family(name: str, tokenizer) -> Family:
