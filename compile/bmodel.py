@@ -12,7 +12,8 @@ then model_deploy (MLIR -> bmodel), each in its own work folder; then model_tool
 Weight-only modes (W8*, W4*) quantize the transformer blocks; the embedding, lm_head and
 vision nets stay in the matching float type. Hidden states, the KV cache and the image rows
 are kept in that float type on the device (--quant_input/--quant_output); token ids and
-positions stay int32 and the logits come back as fp32.
+positions stay int32, and lm_head's output is left as the net makes it (fp32 logits, or an
+int32 token for heads that pick it on the chip).
 """
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ def input_shapes(path: Path, prefill_width: int) -> list[list[int]]:
 
 
 def cache_length(model_dir: Path) -> int:
-    """Rows of the KV cache: the history input of block_cache_0 is [1, SEQ, heads, dim]."""
-    return input_shapes(model_dir / "block_cache_0.onnx", 0)[3][1]
+    """Rows of the KV cache: block_cache_0's attention mask covers them plus the new token."""
+    return input_shapes(model_dir / "block_cache_0.onnx", 0)[2][-1] - 1
 
 
 def plan(model_dir: Path, quantize: str, prefill_width: int) -> list[NetPlan]:

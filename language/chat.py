@@ -105,6 +105,9 @@ class ChatModel:
         if dropped:
             yield Notice(f"The conversation was longer than the model's context of {self.context_length} "
                          f"tokens: the oldest {dropped} turn(s) were left out of this answer.")
+        sampling_notice = getattr(self.generator, "notice", None)  # e.g. a head that picks tokens on the chip
+        if sampling_notice and settings.temperature > 0:
+            yield Notice(sampling_notice)
         text = TextStream(self.tokenizer)
         first_token_s, count, vision_s, cached = 0.0, 0, 0.0, False
         with self._lock:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from language.chat import ChatModel
 from language.families import load_family
-from language.generate import Generator
+from language.shifted_generate import make_generator
 from models.store import read_config
 from runtime import open_backend
 from token_config import load_tokenizer
@@ -23,5 +23,5 @@ def load_chat_model(model_path: Path, backend: str = "onnx", threads: int | None
     family = load_family(config["family"], tokenizer)
     runtime = open_backend(backend, model_path, threads=threads, dev_id=dev_id)
     vision = VisionEncoder(runtime) if "vision" in runtime.nets() else None
-    return ChatModel(Generator(runtime, family), family, tokenizer, name=config.get("name", model_dir.name),
+    return ChatModel(make_generator(runtime, family), family, tokenizer, name=config.get("name", model_dir.name),
                      vision=vision)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from language.families.base import Family, Prompt, Turn
+from language.families.chatglm3 import Chatglm3Family
 from language.families.glm import GlmFamily
 from language.families.llama import LlamaFamily
 
-FAMILIES = {"llama": LlamaFamily, "glm": GlmFamily}
+FAMILIES = {"llama": LlamaFamily, "glm": GlmFamily, "chatglm3": Chatglm3Family}
 
 
 def load_family(name: str, tokenizer) -> Family:
