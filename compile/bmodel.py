@@ -18,7 +18,6 @@ int32 token for heads that pick it on the chip).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import tempfile

@@ -30,15 +30,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 from onnx import TensorProto
 
 from export.onnx_graph import Graph
+from export.split_nets import Progress, write_nets
 
 Tensors = Mapping[str, np.ndarray]
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -191,33 +191,15 @@ def lm_head_net(arch: Chatglm3Arch, tensors: Tensors, token_head: bool = True) -
     return g
 
 
-def net_names(num_layers: int) -> list[str]:
-    layers = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache")]
-    return ["embedding", "embedding_cache", *layers, "lm_head"]
-
-
 def export_chatglm3(arch: Chatglm3Arch, tensors: Tensors, out_dir: Path, seq_len: int, token_head: bool = True,
                     progress: Progress | None = None) -> list[Path]:
     """Write every net into out_dir in the vendor layout; returns the files written."""
     if arch.num_heads % arch.num_kv_groups or arch.head_dim % 4:
         raise ValueError("num_heads must be a multiple of num_kv_groups and head_dim a multiple of 4")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tables = rope_tables(arch, seq_len)
-    builders: dict[str, Callable[[], Graph]] = {
-        "embedding": lambda: embedding_net(arch, tensors, "embedding", seq_len),
-        "embedding_cache": lambda: embedding_net(arch, tensors, "embedding_cache", 1),
-        "lm_head": lambda: lm_head_net(arch, tensors, token_head),
-    }
-    for i in range(arch.num_layers):
-        builders[f"block_{i}"] = lambda i=i: block_net(arch, tensors, i, tables, seq_len)
-        builders[f"block_cache_{i}"] = lambda i=i: block_cache_net(arch, tensors, i, tables, seq_len)
-    names = net_names(arch.num_layers)
-    written = []
-    for n, name in enumerate(names):
-        if progress:
-            progress(n, len(names), name)
-        written.append(builders[name]().save(out_dir / f"{name}.onnx"))
-    if progress:
-        progress(len(names), len(names), "done")
-    return written
+    return write_nets(out_dir, arch.num_layers,
+                      embedding=lambda: embedding_net(arch, tensors, "embedding", seq_len),
+                      embedding_cache=lambda: embedding_net(arch, tensors, "embedding_cache", 1),
+                      block=lambda i: block_net(arch, tensors, i, tables, seq_len),
+                      block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),
+                      lm_head=lambda: lm_head_net(arch, tensors, token_head), progress=progress)

@@ -47,14 +47,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from export.onnx_graph import Dim, Graph
+from export.split_nets import Progress, write_nets
 
 Tensors = Mapping[str, np.ndarray]  # or any Mapping whose values np.asarray converts and that have .shape
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -268,11 +268,6 @@ def lm_head_net(arch: GlmArch, tensors: Tensors) -> Graph:
     return g
 
 
-def net_names(num_layers: int) -> list[str]:
-    layers = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache")]
-    return ["embedding", "embedding_cache", *layers, "lm_head"]
-
-
 def check_tensors(arch: GlmArch, tensors: Tensors) -> None:
     """Every parameter the nets need, with the shape the architecture says."""
     h, inner = arch.hidden_size, arch.inner_size
@@ -304,23 +299,10 @@ def export_glm(arch: GlmArch, tensors: Tensors, out_dir: Path, seq_len: int,
     if seq_len > arch.max_positions:
         raise ValueError(f"seq_len {seq_len} exceeds the model's {arch.max_positions} positions")
     check_tensors(arch, tensors)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tables = rotary_tables(arch, seq_len)
-    builders: dict[str, Callable[[], Graph]] = {
-        "embedding": lambda: embedding_net(arch, tensors, "embedding", "seq"),
-        "embedding_cache": lambda: embedding_net(arch, tensors, "embedding_cache", 1),
-        "lm_head": lambda: lm_head_net(arch, tensors),
-    }
-    for i in range(arch.num_layers):
-        builders[f"block_{i}"] = lambda i=i: block_net(arch, tensors, i, tables)
-        builders[f"block_cache_{i}"] = lambda i=i: block_cache_net(arch, tensors, i, tables, seq_len)
-    written = []
-    names = net_names(arch.num_layers)
-    for n, name in enumerate(names):
-        if progress:
-            progress(n, len(names), name)
-        written.append(builders[name]().save(out_dir / f"{name}.onnx"))
-    if progress:
-        progress(len(names), len(names), "done")
-    return written
+    return write_nets(out_dir, arch.num_layers,
+                      embedding=lambda: embedding_net(arch, tensors, "embedding", "seq"),
+                      embedding_cache=lambda: embedding_net(arch, tensors, "embedding_cache", 1),
+                      block=lambda i: block_net(arch, tensors, i, tables),
+                      block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),
+                      lm_head=lambda: lm_head_net(arch, tensors), progress=progress)

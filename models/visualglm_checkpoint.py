@@ -41,9 +41,14 @@ from typing import Callable
 
 import numpy as np
 
-from export.glm import GlmArch, check_tensors, export_glm, net_names
-from export.visualglm_vision import (VisionCheckpointError, VisualGlmVisionConfig, check_vision_checkpoint,
-                                     export_visualglm_vision)
+from export.glm import GlmArch, check_tensors, export_glm
+from export.split_nets import net_names
+from export.visualglm_vision import (
+    VisionCheckpointError,
+    VisualGlmVisionConfig,
+    check_vision_checkpoint,
+    export_visualglm_vision,
+)
 from models.store import write_config
 
 MODEL_NAME = "visualglm-6b"
