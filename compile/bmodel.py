@@ -28,9 +28,10 @@ from pathlib import Path
 
 import onnx
 
-from compile.toolchain import VERSION, find_toolchain, run_tool
+from compile.toolchain import run_tool
 from models.store import read_config, write_config
 from runtime.backend import ModelFileError
+from runtime.tpu_mlir import VERSION, find_toolchain
 
 QUANTIZE = ("F16", "BF16", "W8F16", "W8BF16", "W4F16", "W4BF16")
 CHIPS = ("bm1684x", "bm1688", "cv186x")

@@ -32,8 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from compile.toolchain import find_toolchain, library_dir
 from runtime.backend import to_bfloat16_bits
+from runtime.tpu_mlir import find_toolchain, library_dir
 
 log = logging.getLogger("visualglm.tpu")
 

@@ -200,7 +200,7 @@ def test_mixed_layout_is_refused(tiny_dir, family):
 
 @pytest.fixture(scope="module")
 def toolchain():
-    from compile.toolchain import ToolchainMissing, find_toolchain
+    from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 
     try:
         return find_toolchain()

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from compile.bmodel import NetPlan, compile_model, compile_net, input_shapes
-from compile.toolchain import ToolchainMissing, find_toolchain
 from language.families.base import causal_mask, decode_mask
 from language.loader import load_chat_model
 from language.sampling import SamplingSettings
@@ -18,6 +17,7 @@ from models.tiny import TINY_LLAMA, export_tiny_llama
 from runtime import open_backend
 from runtime.backend import BFLOAT16
 from runtime.sail_backend import SailBackend
+from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 
 CHIP = "bm1684x"
 

@@ -18,9 +18,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compile.toolchain import ToolchainMissing, find_toolchain, library_dir, run_tool
+from compile.toolchain import run_tool
 from runtime import simulated_sail as sail
 from runtime.sail_backend import SailBackend
+from runtime.tpu_mlir import ToolchainMissing, find_toolchain, library_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = {  # variant: model_deploy options

@@ -7,7 +7,6 @@ from PIL import Image
 
 import export.onnx_graph as onnx_graph
 from compile.bmodel import compile_model
-from compile.toolchain import ToolchainMissing, find_toolchain
 from language.families.glm import GlmFamily
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
@@ -15,6 +14,7 @@ from models.tiny_glm import stand_in_tokenizer
 from models.tiny_visualglm import write_tiny_visualglm
 from models.visualglm_checkpoint import convert
 from runtime import open_backend
+from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 from vision.encoder import VisionEncoder
 
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=6)
