@@ -1,4 +1,8 @@
-"""Tokenizer files, one folder per model (tokenizer.json, tokenizer_config.json, chat template)."""
+"""Tokenizer files, one folder per model (tokenizer.json, tokenizer_config.json, chat template).
+
+A folder holding ChatGLM-6B's `ice_text.model` or ChatGLM3-6B's `tokenizer.model` (with a
+tokenizer_config.json naming ChatGLMTokenizer) is read by token_config.sentencepiece_chatglm
+instead of transformers (whose ChatGLM tokenizers are remote code)."""
 from __future__ import annotations
 
 import os
@@ -8,16 +12,24 @@ TOKEN_CONFIG_DIR = Path(__file__).resolve().parent
 
 
 def tokenizer_dir(name: str) -> Path:
-    path = TOKEN_CONFIG_DIR / name
-    if not (path / "tokenizer_config.json").is_file():
-        known = sorted(p.name for p in TOKEN_CONFIG_DIR.iterdir() if (p / "tokenizer_config.json").is_file())
-        raise FileNotFoundError(f"no tokenizer '{name}' in {TOKEN_CONFIG_DIR} (have: {', '.join(known)})")
-    return path
+    """token_config/<name>, or `name` itself when it is a folder path."""
+    for path in (TOKEN_CONFIG_DIR / name, Path(name)):
+        if (path / "tokenizer_config.json").is_file():
+            return path
+    known = sorted(p.name for p in TOKEN_CONFIG_DIR.iterdir() if (p / "tokenizer_config.json").is_file())
+    raise FileNotFoundError(f"no tokenizer '{name}' in {TOKEN_CONFIG_DIR} (have: {', '.join(known)}), "
+                            "nor a folder of that name with a tokenizer_config.json")
 
 
 def load_tokenizer(name: str):
+    path = tokenizer_dir(name)
+    from token_config.sentencepiece_chatglm import load_chatglm_tokenizer
+
+    chatglm = load_chatglm_tokenizer(path)  # None: not a ChatGLM sentencepiece folder
+    if chatglm is not None:
+        return chatglm
     # Only the tokenizer is used: without this, transformers warns that PyTorch is missing.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer  # imported late: it is slow to import
 
-    return AutoTokenizer.from_pretrained(tokenizer_dir(name), local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -19,9 +19,8 @@ every generated token; row 1 is 0 over the context, then 1 (<sop>), 2, 3, ...
 
 The tokenizer is anything with encode(text, add_special_tokens=False) / decode; the
 special ids are ChatGLM-6B's own (config.json: gmask 130001, bos <sop> 130004,
-eos <eop> 130005), so a stand-in tokenizer without those tokens works too. The real one
-is THUDM/chatglm-6b's ChatGLMTokenizer over ice_text.model (sentencepiece, with its own
-"\n" -> <n> and blank-run handling); see GlmFamily.
+eos <eop> 130005), so a stand-in tokenizer without those tokens works too; see GlmFamily
+for the real one.
 """
 from __future__ import annotations
 
@@ -65,12 +64,10 @@ def glm_mask(length: int, width: int) -> np.ndarray:
 class GlmFamily:
     """ChatGLM-6B / VisualGLM-6B.
 
-    The real tokenizer: THUDM/chatglm-6b's `ice_text.model` with its `tokenization_chatglm.py`
-    (needs `icetk`-style sentencepiece handling: text ids are offset, "\\n" becomes <n>,
-    runs of spaces <|blank_n|>). Until a converted `tokenizer.json` exists in token_config/,
-    load it with `AutoTokenizer.from_pretrained(path, trust_remote_code=True)`; its
-    `encode(text, add_special_tokens=False)` is what this family calls, and its
-    "[gMASK]" / "<sop>" / "<eop>" must map to the ids below (checked when it knows them).
+    The real tokenizer is the checkpoint's `ice_text.model` (sentencepiece), loaded without
+    remote code by token_config/sentencepiece_chatglm.py (GlmV1Tokenizer); any tokenizer with
+    `encode(text, add_special_tokens=False)` / `decode` works, as long as its "[gMASK]" /
+    "<sop>" / "<eop>" map to the ids below (checked when it knows them).
     """
 
     name = "glm"
