@@ -42,8 +42,8 @@ def test_text_chat_still_knows_paris(seeing_model):
 
 
 @pytest.mark.parametrize("name, examples, floor", [
-    ("easy-vqa test", lambda: random.Random(1).sample(easy_vqa("test"), 60), 0.55),
-    ("held-out scenes", lambda: generated(60, HELD_OUT_SEED + 1), 0.35),
+    ("easy-vqa test", lambda: random.Random(1).sample(easy_vqa("test"), 60), 0.85),
+    ("held-out scenes", lambda: generated(60, HELD_OUT_SEED + 1), 0.65),
 ])
 def test_accuracy_on_a_small_sample(seeing_model, name, examples, floor):
     hits = [correct(seeing_model.reply([], e.question, GREEDY, image=load_image(e.image())).answer, e.expected)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from PIL import Image
 
-from training.scenes import COLOURS, POSITIONS, draw_scene, questions, random_scene
+from training.scenes import COLOURS, POSITIONS, draw_scene, questions, random_scene, reasoned
 
 SHAPE_LABELS = ("circle", "rectangle", "square", "triangle", "star")
 COLOUR_LABELS = tuple(COLOURS)
@@ -51,9 +51,14 @@ def easy_vqa(split: str) -> list[Example]:
     for text, answer, image_id in zip(texts, answers, image_ids):
         known = truth[image_id]
         labels = (_label(known.get("shape"), SHAPE_LABELS), _label(known.get("colour"), COLOUR_LABELS), 0, -1)
-        examples.append(Example(_opener(paths[image_id]), text[0].upper() + text[1:], f"{answer.capitalize()}.",
-                                answer, labels))
+        reply = f"{answer.capitalize()}."
+        if answer in ("yes", "no"):
+            asked = "shape" if any(shape in text for shape in SHAPE_LABELS) else "colour"
+            if asked in known:
+                reply = reasoned(answer, **{asked: known[asked]})
+        examples.append(Example(_opener(paths[image_id]), text[0].upper() + text[1:], reply, answer, labels))
     return examples
+
 
 
 def _opener(path: str) -> Callable[[], Image.Image]:

@@ -1,6 +1,6 @@
 """Teach the default model to see: train the vision tower into SmolLM2-135M, on CPU.
 
-    python -m training.train_vision --out runs/vision [--minutes 55] [--seed 0]
+    python -m training.train_vision --out runs/vision [--minutes 55 | --steps N --warmup-steps M] [--seed 0]
 
 What is trained, and why:
 - the vision tower (ViT + Q-Former + projection), from scratch;
@@ -13,11 +13,12 @@ What is trained, and why:
 Steps:
 1. warm-up (no language model, about a third of the time): the tower alone learns shape,
    colour, count and position from auxiliary classification heads on its query outputs,
-   at ~0.3 s per batch of 32 instead of ~3 s per batch of 8 with the LM in the loop;
+   at ~0.3 s per batch of 32 instead of ~1 s per batch of 8 with the LM in the loop;
 2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
    runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
    stays on. One batch in eight slots is a text-only chat answered beforehand by the
-   untouched model (self-distillation), so text chat keeps its behaviour.
+   untouched model (self-distillation), so text chat keeps its behaviour. The LM runs under
+   bfloat16 autocast (the master weights stay fp32): 3x faster on CPUs with AVX-512 BF16.
 
 Data: easy-vqa's train split and scenes drawn by training/scenes.py. Seeded; logs JSON
 lines to OUT/train.log; checkpoints to OUT/checkpoint.pt every few minutes and resumes from
@@ -142,6 +143,15 @@ class Batcher:
         return inputs, mask, target
 
 
+def answer_loss(lm: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens only; the vocabulary projection runs on
+    those few rows instead of the whole prompt (a fifth of the step's time otherwise)."""
+    hidden = lm.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state[:, :-1]
+    answer = target[:, 1:] != -100
+    logits = lm.lm_head(hidden[answer]).float()
+    return nn.functional.cross_entropy(logits, target[:, 1:][answer])
+
+
 def teacher_answers(prompts: list[str], cache: Path) -> dict[str, str]:
     """Greedy answers of the untouched model, through this project's own runtime."""
     if cache.is_file():
@@ -180,7 +190,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=55, help="stop (and save) after this much training")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="stop after this many steps instead (the same run on a busy or a faster machine)")
     parser.add_argument("--warmup-minutes", type=float, default=25, help="tower-only training before the LM joins")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="tower-only steps, with --steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -226,9 +239,9 @@ def main() -> None:
                     "random": random.getstate(), "torch_random": torch.get_rng_state()}, checkpoint)
 
     last_save = time.time()
-    while trained_s < args.minutes * 60:
+    while (step < args.steps) if args.steps else (trained_s < args.minutes * 60):
         started = time.time()
-        warm = trained_s < args.warmup_minutes * 60
+        warm = (step < args.warmup_steps) if args.warmup_steps else (trained_s < args.warmup_minutes * 60)
         batch = random.sample(image_examples, args.batch * (4 if warm else 1))
         if not warm:  # one slot per batch keeps text-only chat as it was
             batch[-1] = random.choice(text_examples)
@@ -238,8 +251,8 @@ def main() -> None:
         if warm:
             loss, lm_loss = aux, None
         else:
-            inputs, mask, target = batcher(batch, prefix)
-            lm_loss = lm(inputs_embeds=inputs, attention_mask=mask, labels=target).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                lm_loss = answer_loss(lm, *batcher(batch, prefix))
             loss = lm_loss + 0.5 * aux
         optimizer.zero_grad()
         loss.backward()
