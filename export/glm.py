@@ -52,7 +52,7 @@ from typing import Mapping
 import numpy as np
 
 from export.onnx_graph import Dim, Graph
-from export.split_nets import Progress, write_nets
+from export.split_nets import Progress, embedding_net, write_nets
 
 Tensors = Mapping[str, np.ndarray]  # or any Mapping whose values np.asarray converts and that have .shape
 
@@ -247,14 +247,6 @@ def block_cache_net(arch: GlmArch, tensors: Tensors, layer: int, tables, seq_len
     return g
 
 
-def embedding_net(arch: GlmArch, tensors: Tensors, name: str, length: Dim) -> Graph:
-    g = Graph(name)
-    ids = g.input("input_ids", np.int32, [1, length])
-    table = g.weight(np.asarray(tensors["transformer.word_embeddings.weight"], np.float32), "word_embeddings")
-    g.output(g.op("Gather", table, ids), "hidden_states", np.float32, [1, length, arch.hidden_size])
-    return g
-
-
 def lm_head_net(arch: GlmArch, tensors: Tensors) -> Graph:
     g = Graph("lm_head")
     x = g.input("hidden_states", np.float32, [1, 1, arch.hidden_size])
@@ -300,9 +292,13 @@ def export_glm(arch: GlmArch, tensors: Tensors, out_dir: Path, seq_len: int,
         raise ValueError(f"seq_len {seq_len} exceeds the model's {arch.max_positions} positions")
     check_tensors(arch, tensors)
     tables = rotary_tables(arch, seq_len)
+
+    def embed(name: str, length: Dim) -> Graph:
+        return embedding_net(tensors["transformer.word_embeddings.weight"], "word_embeddings", name, length)
+
     return write_nets(out_dir, arch.num_layers,
-                      embedding=lambda: embedding_net(arch, tensors, "embedding", "seq"),
-                      embedding_cache=lambda: embedding_net(arch, tensors, "embedding_cache", 1),
+                      embedding=lambda: embed("embedding", "seq"),
+                      embedding_cache=lambda: embed("embedding_cache", 1),
                       block=lambda i: block_net(arch, tensors, i, tables),
                       block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),
                       lm_head=lambda: lm_head_net(arch, tensors), progress=progress)

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from export.onnx_graph import Graph
+import numpy as np
+
+from export.onnx_graph import Dim, Graph
 
 Progress = Callable[[int, int, str], None]
 NetBuilder = Callable[[], Graph]
@@ -17,6 +19,15 @@ NetBuilder = Callable[[], Graph]
 def net_names(num_layers: int) -> list[str]:
     layers = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache")]
     return ["embedding", "embedding_cache", *layers, "lm_head"]
+
+
+def embedding_net(table: np.ndarray, table_name: str, name: str, length: Dim) -> Graph:
+    """`embedding` (length "seq") or `embedding_cache` (length 1): a row lookup in `table`."""
+    g = Graph(name)
+    ids = g.input("input_ids", np.int32, [1, length])
+    table_id = g.weight(np.asarray(table, np.float32), table_name)
+    g.output(g.op("Gather", table_id, ids), "hidden_states", np.float32, [1, length, table.shape[1]])
+    return g
 
 
 def write_nets(out_dir: Path, num_layers: int, embedding: NetBuilder, embedding_cache: NetBuilder,
