@@ -208,6 +208,7 @@ def toolchain():
         pytest.skip(f"tpu-mlir is not installed here: {exc}")
 
 
+@pytest.mark.simulator
 def test_the_prebuilt_layout_runs_on_the_simulator(toolchain, token_dir, family, tmp_path):
     from compile.bmodel import compile_model
 

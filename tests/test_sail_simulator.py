@@ -19,6 +19,8 @@ from runtime.backend import BFLOAT16
 from runtime.sail_backend import SailBackend
 from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 
+pytestmark = pytest.mark.simulator
+
 CHIP = "bm1684x"
 
 

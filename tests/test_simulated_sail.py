@@ -14,14 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compile.toolchain import run_tool
 from runtime import simulated_sail as sail
+from runtime.onnx_backend import OnnxBackend
 from runtime.sail_backend import SailBackend
 from runtime.tpu_mlir import ToolchainMissing, find_toolchain, library_dir
+
+pytestmark = pytest.mark.simulator
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = {  # variant: model_deploy options
@@ -63,10 +65,11 @@ def bmodels(tmp_path_factory) -> dict[str, Path]:
     except ToolchainMissing as exc:
         pytest.skip(f"tpu-mlir toolchain not installed: {exc}")
     work = tmp_path_factory.mktemp("simulated-sail")
-    tiny_onnx(work / "tiny.onnx")
-    run_tool(home, "model_transform.py", ["--model_name", "tiny", "--model_def", "tiny.onnx",
+    (work / "onnx").mkdir()
+    tiny_onnx(work / "onnx" / "tiny.onnx")
+    run_tool(home, "model_transform.py", ["--model_name", "tiny", "--model_def", "onnx/tiny.onnx",
                                           "--input_shapes", "[[1,4,8],[1,4,1]]", "--mlir", "tiny.mlir"], work)
-    found = {"onnx": work / "tiny.onnx"}
+    found = {"onnx": work / "onnx" / "tiny.onnx"}
     for variant, options in DEPLOY.items():  # one after the other: they share intermediate file names
         run_tool(home, "model_deploy.py", ["--mlir", "tiny.mlir", *options, "--model", f"{variant}.bmodel"], work)
         found[variant] = work / f"{variant}.bmodel"
@@ -83,7 +86,14 @@ def reference(onnx_path: Path, seed: int = 1) -> tuple[np.ndarray, np.ndarray, l
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, 4, 8)).astype(np.float32)
     ids = rng.integers(0, 5, (1, 4, 1)).astype(np.int32)
-    return x, ids, ort.InferenceSession(str(onnx_path)).run(None, {"x": x, "ids": ids})
+    cpu = OnnxBackend(onnx_path.parent)  # the project's ONNX Runtime backend (it owns the process's thread pool)
+    inputs = []
+    for array in (x, ids):
+        inputs.append(cpu.alloc(array.shape, array.dtype))
+        cpu.write(inputs[-1], array)
+    outputs = [cpu.alloc((1, 4, 16), np.float32) for _ in range(2)]
+    cpu.run("tiny", inputs, outputs)
+    return x, ids, [cpu.read(o) for o in outputs]
 
 
 def device_tensor(shape: list[int], dtype: sail.Dtype) -> sail.Tensor:

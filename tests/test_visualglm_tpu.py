@@ -17,6 +17,8 @@ from runtime import open_backend
 from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 from vision.encoder import VisionEncoder
 
+pytestmark = pytest.mark.simulator
+
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=6)
 
 
