@@ -23,14 +23,18 @@ class LlamaFamily:
         self.stop_ids = frozenset(stops)
 
     def encode(self, history: list[Turn], question: str, image_tokens: int = 0) -> Prompt:
-        """The chat template; an image goes at the start of the first user message, then a newline."""
+        """The chat template; an image goes at the start of the latest user message, then a newline.
+
+        The latest, not the first: the question then sits right after the picture, as in
+        training, whatever came before (measured on the default model: yes/no follow-ups after
+        one turn were answered "yes" every time with the picture in the first message)."""
         messages = []
         for turn in history:
             messages += [{"role": "user", "content": turn.question},
                          {"role": "assistant", "content": turn.answer}]
         messages.append({"role": "user", "content": question})
         if image_tokens:
-            messages[0] = {"role": "user", "content": IMAGE_MARK + "\n" + messages[0]["content"]}
+            messages[-1] = {"role": "user", "content": IMAGE_MARK + "\n" + question}
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         before, *after = text.split(IMAGE_MARK)
         ids = self.tokenizer.encode(before, add_special_tokens=False)
