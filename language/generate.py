@@ -30,6 +30,17 @@ class ContextOverflow(ValueError):
     """The prompt does not fit the model's context."""
 
 
+def count_layers(nets: dict[str, NetSpec]) -> int:
+    """How many block_<i> nets there are, each paired with its block_cache_<i>."""
+    layers = 0
+    while f"block_{layers}" in nets:
+        layers += 1
+    missing = [f"block_cache_{i}" for i in range(layers) if f"block_cache_{i}" not in nets]
+    if missing or f"block_cache_{layers}" in nets:
+        raise ModelFileError(f"block and block_cache nets do not pair up (missing: {', '.join(missing) or 'block'})")
+    return layers
+
+
 @dataclass(frozen=True)
 class NetLayout:
     num_layers: int
@@ -43,12 +54,7 @@ class NetLayout:
         for needed in ("embedding", "embedding_cache", "lm_head", "block_0", "block_cache_0"):
             if needed not in nets:
                 raise ModelFileError(f"the model has no '{needed}' net (found: {', '.join(sorted(nets)) or 'none'})")
-        layers = 0
-        while f"block_{layers}" in nets:
-            layers += 1
-        missing = [f"block_cache_{i}" for i in range(layers) if f"block_cache_{i}" not in nets]
-        if missing or f"block_cache_{layers}" in nets:
-            raise ModelFileError(f"block and block_cache nets do not pair up (missing: {', '.join(missing) or 'block'})")
+        layers = count_layers(nets)
         hidden = nets["embedding"].outputs[0].shape[-1]
         history = nets["block_cache_0"].inputs[3].shape
         for i in range(layers):

@@ -39,7 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from language.families.base import MASKED, Family
-from language.generate import ContextOverflow, Generator, ImageRows
+from language.generate import ContextOverflow, Generator, ImageRows, count_layers
 from language.sampling import Sampler
 from runtime.backend import Backend, ModelFileError, NetSpec
 
@@ -116,13 +116,7 @@ class ShiftedGenerator:
         if layout.cache != SHIFTED:
             raise ModelFileError("these nets return one new KV row per step: run them with language.generate.Generator")
         self.token_head = layout.token_head
-        layers = 0
-        while f"block_{layers}" in nets:
-            layers += 1
-        missing = [f"block_cache_{i}" for i in range(layers) if f"block_cache_{i}" not in nets]
-        if missing or f"block_cache_{layers}" in nets:
-            raise ModelFileError(f"block and block_cache nets do not pair up (missing: {', '.join(missing) or 'block'})")
-        self.num_layers = layers
+        self.num_layers = layers = count_layers(nets)
         block, cached = nets["block_0"], nets["block_cache_0"]
         cache_spec = cached.inputs[3]
         for i in range(layers):
