@@ -1,46 +1,69 @@
 """Compile a model's ONNX nets into one bmodel for a Sophgo TPU, with tpu-mlir.
 
     python -m compile.bmodel MODEL OUT_DIR [--quantize W4BF16] [--group-size 64] [--chip bm1684x]
-                             [--prefill-width N] [--jobs 2] [--keep-work]
+                             [--prefill-widths 64,128,...] [--embedding host|device]
+                             [--head-quantize MODE] [--vision-quantize MODE] [--jobs 2] [--keep-work]
 
 MODEL is a catalog name (exported first if needed) or a model directory. OUT_DIR gets one
-bmodel holding every net (vision included) and a config.json naming the prompt family and
-tokenizer; the app runs it with `--backend sail --bmodel OUT_DIR/<file>.bmodel`.
+bmodel holding every net (vision included), the host embedding table when the embedding
+stays off the device, and a config.json naming the prompt family and tokenizer, with the
+compiler's estimates and the bmodel's device memory; the app runs it with
+`--backend sail --bmodel OUT_DIR/<file>.bmodel`.
 
-Per net: model_transform (ONNX -> MLIR, the prefill width fixed, since bmodels are static)
-then model_deploy (MLIR -> bmodel), each in its own work folder; then model_tool --combine.
-Weight-only modes (W8*, W4*) quantize the transformer blocks; the embedding, lm_head and
-vision nets stay in the matching float type. Hidden states, the KV cache and the image rows
-are kept in that float type on the device (--quant_input/--quant_output); token ids and
-positions stay int32, and lm_head's output is left as the net makes it (fp32 logits, or an
-int32 token for heads that pick it on the chip).
+Per net: model_transform (ONNX -> MLIR, static shapes; onnx-simplifier skipped: it held
+about ten copies of a real-size lm_head in RAM and was killed at 24 GB) then model_deploy
+(MLIR -> bmodel), each in its own work folder; then model_tool --combine.
+
+- Bmodels are static, so the prefill is compiled at several widths (`--prefill-widths`):
+  `block_<i>` at the widest, `block_<i>_<W>` at each narrower one; a prompt runs through the
+  narrowest that takes it (language/generate.py).
+- A layer's prefill and decode nets, and all its prefill widths, come out with the same
+  coefficient blob, which model_tool --combine stores once: one copy of each layer's weights.
+- Weight-only modes (W8*, W4*) quantize the transformer blocks; lm_head and the vision net
+  take --head-quantize / --vision-quantize (default: the float type of the mode).
+- The embedding stays on the host by default (`--embedding host`): a table in the model's
+  float type beside the bmodel, rows looked up by the CPU and uploaded (language/embedding.py);
+  `--embedding device` compiles the `embedding` nets instead.
+- Hidden states, the KV cache and the image rows are kept in the float type on the device
+  (--quant_input/--quant_output); token ids and positions stay int32, and lm_head's output is
+  left as the net makes it (fp32 logits, or an int32 token for heads that pick it on the chip).
+
+`--layers N` compiles only the first N layers: a probe of a model too large to compile
+whole here; its config.json says so, the runtime refuses it and the report extrapolates.
 """
 from __future__ import annotations
 
 import argparse
 import re
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
+from compile.bmodel_info import read_bmodel_info
 from compile.toolchain import run_tool
+from export.split_nets import embedding_net, save_table
+from language.embedding import TABLE_FILE, bucket_net, read_table
 from models.store import read_config, write_config
-from runtime.backend import ModelFileError
+from runtime.backend import BFLOAT16, ModelFileError, to_bfloat16_bits
 from runtime.tpu_mlir import VERSION, find_toolchain
 
 QUANTIZE = ("F16", "BF16", "W8F16", "W8BF16", "W4F16", "W4BF16")
 CHIPS = ("bm1684x", "bm1688", "cv186x")
+EMBEDDING = ("host", "device")
 BMODEL_SUFFIX = ".bmodel"
+SMALLEST_BUCKET = 64
 
 
 @dataclass(frozen=True)
 class NetPlan:
-    name: str
+    name: str  # the net's name in the bmodel
     onnx: Path
     input_shapes: list[list[int]]
     quantize: str
@@ -66,18 +89,50 @@ def cache_length(model_dir: Path) -> int:
     return input_shapes(model_dir / "block_cache_0.onnx", 0)[2][-1] - 1
 
 
-def plan(model_dir: Path, quantize: str, prefill_width: int) -> list[NetPlan]:
-    float_type = "BF16" if quantize.endswith("BF16") else "F16"
-    plans = []
-    for path in sorted(model_dir.glob("*.onnx")):
-        name = path.stem
-        is_block = name.startswith("block_")
-        plans.append(NetPlan(name, path, input_shapes(path, prefill_width),
-                             quantize if is_block else float_type,
-                             quant_input=name != "vision",  # pixels go up as fp32
-                             quant_output=name != "lm_head"))  # logits come down as fp32
-    if not any(p.name == "block_0" for p in plans):
+def default_widths(context: int) -> list[int]:
+    """64, 128, ... up to the context (which is always one of them)."""
+    widths, width = [], SMALLEST_BUCKET
+    while width < context:
+        widths.append(width)
+        width *= 2
+    return widths + [context]
+
+
+def float_type(quantize: str) -> str:
+    return "BF16" if quantize.endswith("BF16") else "F16"
+
+
+def exported_layers(model_dir: Path) -> int:
+    layers = 0
+    while (model_dir / f"block_{layers}.onnx").is_file():
+        layers += 1
+    if not layers:
         raise ModelFileError(f"{model_dir} has no block_0.onnx: not a model directory of this project")
+    return layers
+
+
+def plan(model_dir: Path, quantize: str, widths: list[int], layers: int, embedding_dir: Path | None,
+         head_quantize: str | None = None, vision_quantize: str | None = None) -> list[NetPlan]:
+    """Every net to compile: each layer's prefill at every width and its decode net, lm_head,
+    vision, and the embedding nets when `embedding_dir` holds them (device embedding)."""
+    floats = float_type(quantize)
+    widest = max(widths)
+
+    def net(name: str, path: Path, width: int, mode: str) -> NetPlan:
+        return NetPlan(name, path, input_shapes(path, width), mode,
+                       quant_input=not name.startswith("vision"),  # pixels go up as fp32
+                       quant_output=name != "lm_head")  # logits come down as fp32
+
+    plans = []
+    for i in range(layers):
+        plans += [net(bucket_net(f"block_{i}", w, widest), model_dir / f"block_{i}.onnx", w, quantize) for w in widths]
+        plans.append(net(f"block_cache_{i}", model_dir / f"block_cache_{i}.onnx", 1, quantize))
+    plans.append(net("lm_head", model_dir / "lm_head.onnx", 1, head_quantize or floats))
+    if (model_dir / "vision.onnx").is_file():
+        plans.append(net("vision", model_dir / "vision.onnx", 1, vision_quantize or floats))
+    if embedding_dir is not None:
+        plans += [net(bucket_net("embedding", w, widest), embedding_dir / "embedding.onnx", w, floats) for w in widths]
+        plans.append(net("embedding_cache", embedding_dir / "embedding_cache.onnx", 1, floats))
     return plans
 
 
@@ -87,7 +142,8 @@ def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path
     folder.mkdir(parents=True, exist_ok=True)
     shapes = "[" + ",".join("[" + ",".join(map(str, s)) + "]" for s in net.input_shapes) + "]"
     run_tool(home, "model_transform.py", ["--model_name", net.name, "--model_def", str(net.onnx.resolve()),
-                                          "--input_shapes", shapes, "--mlir", f"{net.name}.mlir"], folder)
+                                          "--input_shapes", shapes, "--mlir", f"{net.name}.mlir",
+                                          "--do_onnx_sim", ""], folder)  # an empty value is false there
     deploy = ["--mlir", f"{net.name}.mlir", "--quantize", net.quantize, "--chip", chip,
               "--model", f"{net.name}{BMODEL_SUFFIX}"]
     if net.quantize.startswith("W4"):
@@ -101,7 +157,7 @@ def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path
 
 
 def _estimated_ms(profile: Path) -> float | None:
-    """The static compiler's own time estimate at 1 GHz (read ~1.25x it for real weight-bound nets)."""
+    """The static compiler's own time estimate at 1 GHz (see compile/report.py for how it is read)."""
     if not profile.is_file():
         return None
     found = re.findall(r"runtime:\s*([\d.]+)\s*ms", profile.read_text(errors="replace"))
@@ -112,22 +168,54 @@ def bmodel_name(model_name: str, chip: str, quantize: str) -> str:
     return f"{model_name}_{chip}_{quantize.lower()}{BMODEL_SUFFIX}"
 
 
+def device_table(table: np.ndarray, quantize: str) -> np.ndarray:
+    """The host embedding table in the float type the nets take on the device."""
+    rows = np.asarray(table, np.float32)
+    return to_bfloat16_bits(rows).view(BFLOAT16) if float_type(quantize) == "BF16" else rows.astype(np.float16)
+
+
+def write_embedding_nets(table: np.ndarray, folder: Path) -> Path:
+    """The `embedding` (any width) and `embedding_cache` nets over the table, as ONNX in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    embedding_net(table, "word_embeddings", "embedding", "seq").save(folder / "embedding.onnx")
+    embedding_net(table, "word_embeddings", "embedding_cache", 1).save(folder / "embedding_cache.onnx")
+    return folder
+
+
 def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip: str = "bm1684x",
-                  group_size: int = 64, prefill_width: int | None = None, jobs: int = 2,
-                  keep_work: bool = False, progress=print) -> Path:
-    """Compile every net of `model_dir` and combine them into one bmodel in `out_dir`."""
-    if quantize not in QUANTIZE:
-        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}")
-    if chip not in CHIPS:
-        raise ValueError(f"--chip must be one of {', '.join(CHIPS)}")
+                  group_size: int = 64, prefill_widths: list[int] | None = None, embedding: str | None = None,
+                  head_quantize: str | None = None, vision_quantize: str | None = None, layers: int | None = None,
+                  jobs: int = 2, keep_work: bool = False, progress=print) -> Path:
+    """Compile the nets of `model_dir` and combine them into one bmodel in `out_dir`."""
+    for name, value, allowed in (("--quantize", quantize, QUANTIZE), ("--head-quantize", head_quantize, QUANTIZE),
+                                 ("--vision-quantize", vision_quantize, QUANTIZE), ("--chip", chip, CHIPS),
+                                 ("--embedding", embedding, EMBEDDING)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}")
     home = find_toolchain()
+    model_dir = Path(model_dir)
     config = read_config(model_dir)
-    width = prefill_width or cache_length(model_dir)
-    nets = plan(model_dir, quantize, width)
+    context = cache_length(model_dir)
+    widths = sorted(set(prefill_widths or default_widths(context)))
+    if widths[0] < 1 or widths[-1] > context:
+        raise ValueError(f"prefill widths must lie between 1 and the context ({context}); got {widths}")
+    exported = exported_layers(model_dir)
+    total_layers = config.get("architecture", {}).get("num_layers", exported)
+    compiled_layers = min(layers or exported, exported)
+    table = read_table(model_dir)
+    embedding = embedding or ("host" if table is not None else "device")
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work" if keep_work else Path(tempfile.mkdtemp(prefix="bmodel-", dir=out_dir))
     started = time.perf_counter()
     try:
+        embedding_dir = None
+        if embedding == "device":
+            embedding_dir = model_dir if table is None else write_embedding_nets(table, work / "embedding-onnx")
+        elif table is None:
+            raise ModelFileError(f"{model_dir} has embedding nets but no host table ({TABLE_FILE}): "
+                                 "compile it with --embedding device")
+        nets = plan(model_dir, quantize, widths, compiled_layers, embedding_dir, head_quantize, vision_quantize)
+
         def one(net: NetPlan):
             result = compile_net(home, net, chip, group_size, work)
             progress(f"  {net.name}: {net.quantize} ({time.perf_counter() - started:.0f} s)")
@@ -140,35 +228,65 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
         run_tool(home, "model_tool", ["--combine", *(str(path) for path, _ in results.values()), "-o", str(partial)],
                  work)
         partial.replace(target)
+        if embedding == "host":
+            save_table(device_table(table, quantize), out_dir / TABLE_FILE)
+        else:
+            (out_dir / TABLE_FILE).unlink(missing_ok=True)
     finally:
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    estimates = {name: ms for name, (_, ms) in results.items() if ms is not None}
-    write_config(out_dir, {**{k: v for k, v in config.items() if k != "export_version"},
-                           "bmodel": target.name, "chip": chip, "quantize": quantize,
-                           "group_size": group_size if quantize.startswith("W4") else None,
-                           "prefill_width": width, "tpu_mlir": VERSION, "estimated_ms": estimates})
+    info = read_bmodel_info(home, target)
+    write_config(out_dir, {
+        **{k: v for k, v in config.items() if k != "export_version"},
+        "bmodel": target.name, "chip": chip, "quantize": quantize,
+        "group_size": group_size if "W4" in (quantize, head_quantize, vision_quantize) else None,
+        "head_quantize": head_quantize or float_type(quantize), "vision_quantize": vision_quantize or float_type(quantize),
+        "prefill_widths": widths, "embedding": embedding, "tpu_mlir": VERSION,
+        "estimated_ms": {name: ms for name, (_, ms) in results.items() if ms is not None},
+        "device_memory": info.memory_dict(),
+        **({"partial": {"layers": compiled_layers, "of": total_layers}} if compiled_layers < total_layers else {}),
+    })
     progress(f"wrote {target} ({target.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - started:.0f} s")
     return target
 
 
-def main() -> None:
+def parse_widths(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 64,128,512; got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
     from models.catalog import prepare_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="catalog name or model directory")
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--quantize", choices=QUANTIZE, default="W4BF16")
+    parser.add_argument("--quantize", choices=QUANTIZE, default="W4BF16", help="the transformer blocks")
+    parser.add_argument("--head-quantize", choices=QUANTIZE, help="lm_head (default: the float type of --quantize)")
+    parser.add_argument("--vision-quantize", choices=QUANTIZE, help="the vision net (default: the float type)")
     parser.add_argument("--group-size", type=int, default=64, help="weights per scale for W4 modes")
     parser.add_argument("--chip", choices=CHIPS, default="bm1684x")
-    parser.add_argument("--prefill-width", type=int, help="prompt rows of one prefill (default: the context)")
+    parser.add_argument("--prefill-widths", type=parse_widths,
+                        help="prompt widths to compile the prefill at, e.g. 64,256,1024 (default: 64, 128, ... the context)")
+    parser.add_argument("--embedding", choices=EMBEDDING,
+                        help="where the token embedding lives (default: host, when the export has its table)")
+    parser.add_argument("--layers", type=int, help="compile only the first N layers (a probe; not runnable)")
     parser.add_argument("--jobs", type=int, default=2, help="nets compiled side by side")
     parser.add_argument("--keep-work", action="store_true", help="keep per-net folders (MLIR, compiler profiles)")
-    args = parser.parse_args()
-    model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_model(args.model)
-    compile_model(model_dir, args.out_dir, args.quantize, args.chip, args.group_size, args.prefill_width,
-                  args.jobs, args.keep_work)
+    args = parser.parse_args(argv)
+    try:
+        model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_model(args.model)
+        target = compile_model(model_dir, args.out_dir, args.quantize, args.chip, args.group_size, args.prefill_widths,
+                               args.embedding, args.head_quantize, args.vision_quantize, args.layers, args.jobs,
+                               args.keep_work)
+    except (ModelFileError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"compiled {target}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

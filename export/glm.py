@@ -52,7 +52,7 @@ from typing import Mapping
 import numpy as np
 
 from export.onnx_graph import Dim, Graph
-from export.split_nets import Progress, embedding_net, write_nets
+from export.split_nets import Progress, write_nets
 
 Tensors = Mapping[str, np.ndarray]  # or any Mapping whose values np.asarray converts and that have .shape
 
@@ -292,13 +292,8 @@ def export_glm(arch: GlmArch, tensors: Tensors, out_dir: Path, seq_len: int,
         raise ValueError(f"seq_len {seq_len} exceeds the model's {arch.max_positions} positions")
     check_tensors(arch, tensors)
     tables = rotary_tables(arch, seq_len)
-
-    def embed(name: str, length: Dim) -> Graph:
-        return embedding_net(tensors["transformer.word_embeddings.weight"], "word_embeddings", name, length)
-
     return write_nets(out_dir, arch.num_layers,
-                      embedding=lambda: embed("embedding", "seq"),
-                      embedding_cache=lambda: embed("embedding_cache", 1),
+                      embedding_table=lambda: tensors["transformer.word_embeddings.weight"],
                       block=lambda i: block_net(arch, tensors, i, tables),
                       block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),
                       lm_head=lambda: lm_head_net(arch, tensors), progress=progress)

@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from export.onnx_graph import Dim, Graph
-from export.split_nets import Progress, embedding_net, write_nets
+from export.split_nets import Progress, write_nets
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -201,13 +201,8 @@ def export_llama(arch: LlamaArch, tensors: Tensors, out_dir: Path, seq_len: int,
     if seq_len > arch.max_positions:
         raise ValueError(f"seq_len {seq_len} exceeds the model's {arch.max_positions} positions")
     tables = _rope_tables(arch, seq_len)
-
-    def embed(name: str, length: Dim) -> Graph:
-        return embedding_net(tensors["model.embed_tokens.weight"], "embed_tokens", name, length)
-
     return write_nets(out_dir, arch.num_layers,
-                      embedding=lambda: embed("embedding", "seq"),
-                      embedding_cache=lambda: embed("embedding_cache", 1),
+                      embedding_table=lambda: tensors["model.embed_tokens.weight"],
                       block=lambda i: block_net(arch, tensors, i, tables),
                       block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),
                       lm_head=lambda: lm_head_net(arch, tensors), progress=progress)

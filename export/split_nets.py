@@ -1,7 +1,12 @@
 """The split every language model is exported as, and the loop that writes its nets.
 
 Families differ in what each net computes; the names, their order and how they are written
-to a model directory are the same for all of them.
+to a model directory are the same for all of them. The token embedding is written as a host
+table (`embedding.npy`, language/embedding.py) rather than as the `embedding` /
+`embedding_cache` nets: on a CPU both give the same rows, and the table saves the two ONNX
+Runtime sessions' copies of it (measured on SmolLM2-135M: peak RSS 1.99 GB -> 1.64-1.72 GB,
+decode speed unchanged). compile/bmodel.py builds the nets from the table when a bmodel
+should hold them. Sophgo's prebuilt layout (export/chatglm3_layout.py) keeps its nets.
 """
 from __future__ import annotations
 
@@ -11,14 +16,17 @@ from typing import Callable
 import numpy as np
 
 from export.onnx_graph import Dim, Graph
+from language.embedding import TABLE_FILE
 
 Progress = Callable[[int, int, str], None]
 NetBuilder = Callable[[], Graph]
 
 
-def net_names(num_layers: int) -> list[str]:
+def net_names(num_layers: int, host_embedding: bool = True) -> list[str]:
+    """What an export writes, in order: the embedding (table or nets), the layers, lm_head."""
     layers = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache")]
-    return ["embedding", "embedding_cache", *layers, "lm_head"]
+    embedding = [TABLE_FILE] if host_embedding else ["embedding", "embedding_cache"]
+    return [*embedding, *layers, "lm_head"]
 
 
 def embedding_net(table: np.ndarray, table_name: str, name: str, length: Dim) -> Graph:
@@ -30,23 +38,42 @@ def embedding_net(table: np.ndarray, table_name: str, name: str, length: Dim) ->
     return g
 
 
-def write_nets(out_dir: Path, num_layers: int, embedding: NetBuilder, embedding_cache: NetBuilder,
-               block: Callable[[int], Graph], block_cache: Callable[[int], Graph], lm_head: NetBuilder,
+def save_table(table: np.ndarray, path: Path) -> Path:
+    """Write a [V, H] table as .npy (written beside, then renamed: never left half-written)."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as file:
+        np.save(file, table)
+    partial.replace(path)
+    return path
+
+
+def write_nets(out_dir: Path, num_layers: int, block: Callable[[int], Graph], block_cache: Callable[[int], Graph],
+               lm_head: NetBuilder, embedding_table: Callable[[], np.ndarray] | None = None,
+               embedding: NetBuilder | None = None, embedding_cache: NetBuilder | None = None,
                progress: Progress | None = None) -> list[Path]:
     """Build and save each net in turn (one net's weights in memory at a time); returns the
-    .onnx files written."""
+    files written. The embedding is `embedding_table` (-> embedding.npy, float32) or the two
+    net builders."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    builders: dict[str, NetBuilder] = {"embedding": embedding, "embedding_cache": embedding_cache, "lm_head": lm_head}
+    host = embedding_table is not None
+    if host == (embedding is not None or embedding_cache is not None):
+        raise ValueError("give either the embedding table or both embedding nets")
+    writers: dict[str, Callable[[], Path]] = {"lm_head": lambda: lm_head().save(out_dir / "lm_head.onnx")}
+    if host:
+        writers[TABLE_FILE] = lambda: save_table(np.asarray(embedding_table(), np.float32), out_dir / TABLE_FILE)
+    else:
+        writers["embedding"] = lambda: embedding().save(out_dir / "embedding.onnx")
+        writers["embedding_cache"] = lambda: embedding_cache().save(out_dir / "embedding_cache.onnx")
     for i in range(num_layers):
-        builders[f"block_{i}"] = lambda i=i: block(i)
-        builders[f"block_cache_{i}"] = lambda i=i: block_cache(i)
-    names = net_names(num_layers)
+        writers[f"block_{i}"] = lambda i=i: block(i).save(out_dir / f"block_{i}.onnx")
+        writers[f"block_cache_{i}"] = lambda i=i: block_cache(i).save(out_dir / f"block_cache_{i}.onnx")
+    names = net_names(num_layers, host)
     written = []
     for n, name in enumerate(names):
         if progress:
             progress(n, len(names), name)
-        written.append(builders[name]().save(out_dir / f"{name}.onnx"))
+        written.append(writers[name]())
     if progress:
         progress(len(names), len(names), "done")
     return written

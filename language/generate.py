@@ -5,18 +5,24 @@ rows are copied into a fixed-length cache that stays in the backend.
 decode:  embedding_cache -> block_cache_0..N-1 (reading that cache, returning the new
 row, which is copied in at its position) -> lm_head.
 
-Every shape (layers, hidden size, cache length, prefill width) is read from the nets.
+The embedding is the `embedding` nets or a host table (language/embedding.py). Bmodels are
+static: their prefill nets may come in several widths (`block_<i>` the widest, `block_<i>_<W>`
+narrower ones) and a prompt runs through the narrowest that takes it, so a short question
+costs what it is, not what the context is. Every shape (layers, hidden size, cache length,
+prefill widths) is read from the nets.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
+from language.embedding import Embedding, HostEmbedding, NetEmbedding, bucket_net, check_table
 from language.families.base import Family
 from language.sampling import Sampler
-from runtime.backend import Backend, ModelFileError, NetSpec, Tensor
+from runtime.backend import Backend, ModelFileError, NetSpec, Tensor, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -47,55 +53,84 @@ class NetLayout:
     hidden_size: int
     vocab_size: int
     cache_length: int  # KV rows per layer: the model's context
-    prefill_width: int | None  # None: the prefill nets take any length
+    prefill_widths: tuple[int, ...]  # widths the prefill nets were compiled at, ascending; () = any length
 
     @staticmethod
-    def read(nets: dict[str, NetSpec]) -> "NetLayout":
-        for needed in ("embedding", "embedding_cache", "lm_head", "block_0", "block_cache_0"):
-            if needed not in nets:
-                raise ModelFileError(f"the model has no '{needed}' net (found: {', '.join(sorted(nets)) or 'none'})")
+    def read(nets: dict[str, NetSpec], host_embedding: bool = False) -> "NetLayout":
+        needed = ("lm_head", "block_0", "block_cache_0") + (() if host_embedding else ("embedding", "embedding_cache"))
+        for name in needed:
+            if name not in nets:
+                raise ModelFileError(f"the model has no '{name}' net (found: {', '.join(sorted(nets)) or 'none'})")
         layers = count_layers(nets)
-        hidden = nets["embedding"].outputs[0].shape[-1]
+        hidden = nets["block_cache_0"].inputs[0].shape[-1]
         history = nets["block_cache_0"].inputs[3].shape
         for i in range(layers):
             if nets[f"block_cache_{i}"].inputs[3].shape != history:
                 raise ModelFileError(f"block_cache_{i} has a KV cache of shape {nets[f'block_cache_{i}'].inputs[3].shape},"
                                      f" block_cache_0 has {history}: the nets come from different exports")
         if nets["lm_head"].inputs[0].shape[-1] != hidden:
-            raise ModelFileError("lm_head and embedding disagree on the hidden size")
+            raise ModelFileError("lm_head and the blocks disagree on the hidden size")
         return NetLayout(layers, hidden, nets["lm_head"].outputs[0].shape[-1], history[1],
-                         nets["block_0"].inputs[0].shape[1])
+                         prefill_widths(nets, layers, host_embedding))
+
+
+def prefill_widths(nets: dict[str, NetSpec], layers: int, host_embedding: bool) -> tuple[int, ...]:
+    """The widths every layer (and the embedding, on the device) has a prefill net for."""
+    widest = nets["block_0"].inputs[0].shape[1]
+    if widest is None:
+        return ()
+    widths = {widest} | {int(m.group(1)) for name in nets if (m := re.fullmatch(r"block_0_(\d+)", name))}
+    bases = [f"block_{i}" for i in range(layers)] + ([] if host_embedding else ["embedding"])
+    for width in widths:
+        missing = [bucket_net(base, width, widest) for base in bases if bucket_net(base, width, widest) not in nets]
+        if missing:
+            raise ModelFileError(f"the prefill at width {width} lacks the net(s) {', '.join(missing[:3])}: "
+                                 "the bmodel is incomplete")
+    return tuple(sorted(widths))
+
+
+@dataclass
+class _PrefillBuffers:
+    """The tensors of one prefill width, kept for the next prompt of that width."""
+    hidden: list[Tensor]
+    positions: Tensor
+    mask: Tensor
+    past: list[Tensor]
 
 
 class Generator:
-    """Owns the KV cache of one device; one generation at a time."""
+    """Owns the KV cache of one device; one generation at a time.
 
-    def __init__(self, backend: Backend, family: Family):
+    `embedding_table`: the model's host embedding table (language/embedding.py), for models
+    compiled without the embedding nets; None runs the nets."""
+
+    def __init__(self, backend: Backend, family: Family, embedding_table: np.ndarray | None = None):
         self.backend, self.family = backend, family
         self.nets = backend.nets()
-        self.layout = NetLayout.read(self.nets)
+        self.layout = NetLayout.read(self.nets, host_embedding=embedding_table is not None)
         b, block = backend, self.nets["block_cache_0"]
         cache_spec = block.inputs[3]
+        if embedding_table is None:
+            widest = self.layout.prefill_widths[-1] if self.layout.prefill_widths else None
+            self.embedding: Embedding = NetEmbedding(backend, widest)
+        else:
+            check_table(embedding_table, self.layout.hidden_size, block.inputs[0].dtype)
+            self.embedding = HostEmbedding(backend, embedding_table)
         self.row = int(np.prod(cache_spec.shape[2:]))  # elements of one cached position
         self.cache_k = [b.alloc(cache_spec.shape, cache_spec.dtype) for _ in range(self.layout.num_layers)]
         self.cache_v = [b.alloc(cache_spec.shape, cache_spec.dtype) for _ in range(self.layout.num_layers)]
-        self._ids = self._alloc_input("embedding_cache", 0)
-        self._hidden = [self._alloc_output("embedding_cache", 0) for _ in range(2)]
-        self._position = self._alloc_input("block_cache_0", 1)
-        self._mask = self._alloc_input("block_cache_0", 2)
-        self._present = [self._alloc_output("block_cache_0", i) for i in (1, 2)]
-        self._logits = self._alloc_output("lm_head", 0)
+        self._hidden = [self._alloc(block.inputs[0]) for _ in range(2)]
+        self._position = self._alloc(block.inputs[1])
+        self._mask = self._alloc(block.inputs[2])
+        self._present = [self._alloc(block.outputs[i]) for i in (1, 2)]
+        self._logits = self._alloc(self.nets["lm_head"].outputs[0])
+        self._prefill_buffers: dict[int, _PrefillBuffers] = {}
         self.filled = 0  # positions held in the cache
         self.prompt_length = 0
         self.finish_reason = ""  # why the last generate() ended: "stop", "length" or "context"
 
-    def _alloc_input(self, net: str, index: int):
-        spec = self.nets[net].inputs[index]
-        return self.backend.alloc(spec.shape, spec.dtype)
-
-    def _alloc_output(self, net: str, index: int):
-        spec = self.nets[net].outputs[index]
-        return self.backend.alloc(spec.shape, spec.dtype)
+    def _alloc(self, spec: TensorSpec, width: int | None = None) -> Tensor:
+        return self.backend.alloc(tuple(width if d is None else d for d in spec.shape), spec.dtype)
 
     @property
     def context_length(self) -> int:
@@ -104,36 +139,54 @@ class Generator:
     @property
     def prompt_limit(self) -> int:
         """The longest prompt one prefill takes."""
-        return min(self.layout.prefill_width or self.layout.cache_length, self.layout.cache_length)
+        widths = self.layout.prefill_widths
+        return min(widths[-1], self.layout.cache_length) if widths else self.layout.cache_length
+
+    def prefill_width(self, length: int) -> int:
+        """The narrowest prefill that takes a prompt of `length` tokens (the length itself when
+        the nets take any length)."""
+        return next((w for w in self.layout.prefill_widths if w >= length), length)
+
+    def _buffers(self, width: int) -> _PrefillBuffers:
+        if width in self._prefill_buffers:
+            return self._prefill_buffers[width]
+        net = self.nets[self._block(0, width)]
+        positions = self.family.prefill_positions(1, width)  # only the shape and type matter here
+        mask = self.family.prefill_mask(1, width)
+        buffers = _PrefillBuffers([self._alloc(net.inputs[0], width) for _ in range(2)],
+                                  self.backend.alloc(positions.shape, net.inputs[1].dtype),
+                                  self.backend.alloc(mask.shape, net.inputs[2].dtype),
+                                  [self.backend.alloc((1, width, *self.nets["block_cache_0"].inputs[3].shape[2:]),
+                                                      net.outputs[i].dtype) for i in (1, 2)])
+        if self.layout.prefill_widths:  # static widths: a handful, worth keeping; any-length nets: not
+            self._prefill_buffers[width] = buffers
+        return buffers
+
+    def _block(self, layer: int, width: int) -> str:
+        widths = self.layout.prefill_widths
+        return bucket_net(f"block_{layer}", width, widths[-1]) if widths else f"block_{layer}"
 
     def prefill(self, ids: list[int], image: ImageRows | None = None) -> np.ndarray:
         """Run the prompt through every layer, fill the cache; returns next-token logits.
 
-        With an image, its prefix embeddings (a tensor already in the backend) overwrite the
-        placeholder rows of the embedding output: one backend copy, then the blocks run.
+        The prompt runs through the narrowest prefill nets that take it. With an image, its
+        prefix embeddings (a tensor already in the backend) overwrite the placeholder rows of
+        the embedding output: one backend copy, then the blocks run.
         """
         b, length = self.backend, len(ids)
-        width = self.layout.prefill_width or length
         if not 0 < length <= self.prompt_limit:
             raise ContextOverflow(f"a prompt of {length} tokens does not fit the model's context of "
                                   f"{self.prompt_limit} tokens")
-        net = self.nets["block_0"]
-        ids_t = b.alloc((1, width), self.nets["embedding"].inputs[0].dtype)
-        b.write(ids_t, np.pad(np.asarray(ids, np.int32), (0, width - length))[None])
-        hidden = [b.alloc((1, width, self.layout.hidden_size), net.inputs[0].dtype) for _ in range(2)]
-        positions_np = self.family.prefill_positions(length, width)
-        mask_np = self.family.prefill_mask(length, width)
-        positions = b.alloc(positions_np.shape, net.inputs[1].dtype)
-        mask = b.alloc(mask_np.shape, net.inputs[2].dtype)
-        b.write(positions, positions_np)
-        b.write(mask, mask_np)
-        past = [b.alloc((1, width, *self.nets["block_cache_0"].inputs[3].shape[2:]), net.outputs[i].dtype)
-                for i in (1, 2)]
-        b.run("embedding", [ids_t], [hidden[0]])
+        width = self.prefill_width(length)
+        buffers = self._buffers(width)
+        hidden, past = list(buffers.hidden), buffers.past
+        b.write(buffers.positions, self.family.prefill_positions(length, width))
+        b.write(buffers.mask, self.family.prefill_mask(length, width))
+        self.embedding.prefill(np.pad(np.asarray(ids, np.int32), (0, width - length))[None], hidden[0])
         if image is not None:
             self._splice(hidden[0], image, length)
         for i in range(self.layout.num_layers):
-            b.run(f"block_{i}", [hidden[0], positions, mask], [hidden[1], *past])
+            b.run(self._block(i, width), [hidden[0], buffers.positions, buffers.mask], [hidden[1], *past])
             b.copy(self.cache_k[i], past[0], length * self.row)
             b.copy(self.cache_v[i], past[1], length * self.row)
             hidden.reverse()
@@ -148,8 +201,8 @@ class Generator:
             raise ModelFileError(f"the vision net gives rows of {image.embeds.shape[-1]} values, "
                                  f"the language model takes {h}")
         if image.embeds.dtype != hidden.dtype:
-            raise ModelFileError(f"the vision net gives {image.embeds.dtype} rows, the language model's embedding "
-                                 f"gives {hidden.dtype}: compile both with the same float type")
+            raise ModelFileError(f"the vision net gives {image.embeds.dtype} rows, the language model takes "
+                                 f"{hidden.dtype}: compile both with the same float type")
         if not 0 <= image.start <= length - rows:
             raise ValueError(f"image rows {image.start}..{image.start + rows} fall outside the {length}-token prompt")
         self.backend.copy(hidden, image.embeds, rows * h, dst_offset=image.start * h)
@@ -159,10 +212,9 @@ class Generator:
         if self.filled >= self.layout.cache_length:
             raise ContextOverflow("the KV cache is full")
         b, hidden = self.backend, self._hidden
-        b.write(self._ids, np.array([[token]], np.int32))
         b.write(self._position, self.family.decode_position(self.filled, self.prompt_length))
         b.write(self._mask, self.family.decode_mask(self.filled, self.layout.cache_length))
-        b.run("embedding_cache", [self._ids], [hidden[0]])
+        self.embedding.decode(token, hidden[0])
         offset = self.filled * self.row
         for i in range(self.layout.num_layers):
             b.run(f"block_cache_{i}", [hidden[0], self._position, self._mask, self.cache_k[i], self.cache_v[i]],

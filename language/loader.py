@@ -4,9 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from language.chat import ChatModel
+from language.embedding import read_table
 from language.families import load_family
 from language.shifted_generate import make_generator
 from models.store import read_config
+from runtime.backend import ModelFileError
 from runtime import open_backend
 from token_config import load_tokenizer
 from vision.encoder import VisionEncoder
@@ -19,9 +21,13 @@ def load_chat_model(model_path: Path, backend: str = "onnx", threads: int | None
     model_path = Path(model_path)
     model_dir = model_path.parent if model_path.is_file() else model_path
     config = read_config(model_dir)
+    if config.get("partial"):
+        raise ModelFileError(f"{model_path} holds only {config['partial']['layers']} of the model's "
+                             f"{config['partial']['of']} layers (a probe for measurements): it cannot answer")
     tokenizer = load_tokenizer(config["tokenizer"])
     family = load_family(config["family"], tokenizer)
     runtime = open_backend(backend, model_path, threads=threads, dev_id=dev_id)
     vision = VisionEncoder(runtime) if "vision" in runtime.nets() else None
-    return ChatModel(make_generator(runtime, family), family, tokenizer, name=config.get("name", model_dir.name),
+    generator = make_generator(runtime, family, read_table(model_dir))
+    return ChatModel(generator, family, tokenizer, name=config.get("name", model_dir.name),
                      vision=vision)

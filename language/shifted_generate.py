@@ -64,7 +64,7 @@ def _elements(shape: tuple[int | None, ...]) -> int | None:
 
 def detect_layout(nets: dict[str, NetSpec]) -> NetsLayout:
     """Which cache contract and which kind of head the nets have, from their shapes and types."""
-    for needed in ("embedding", "embedding_cache", "lm_head", "block_0", "block_cache_0"):
+    for needed in ("lm_head", "block_0", "block_cache_0"):
         if needed not in nets:
             raise ModelFileError(f"the model has no '{needed}' net (found: {', '.join(sorted(nets)) or 'none'})")
     spec = nets["block_cache_0"]
@@ -89,15 +89,19 @@ def detect_layout(nets: dict[str, NetSpec]) -> NetsLayout:
     return NetsLayout(cache, bool(np.issubdtype(head.dtype, np.integer)))
 
 
-def make_generator(backend: Backend, family: Family):
-    """The generation loop the backend's nets need: Generator or ShiftedGenerator."""
+def make_generator(backend: Backend, family: Family, embedding_table: np.ndarray | None = None):
+    """The generation loop the backend's nets need: Generator or ShiftedGenerator.
+    `embedding_table`: the model's host embedding table, if it has one instead of the nets."""
     layout = detect_layout(backend.nets())
     if layout.cache == SHIFTED:
+        if embedding_table is not None:
+            raise ModelFileError("a host embedding table goes with the project's own nets, not Sophgo's prebuilt "
+                                 "layout (which has its embedding nets)")
         return ShiftedGenerator(backend, family)
     if layout.token_head:
         raise ModelFileError("lm_head returns token ids but block_cache returns one new row: no generation loop "
                              "here takes that mix (export lm_head with logits)")
-    return Generator(backend, family)
+    return Generator(backend, family, embedding_table)
 
 
 def _resolve(shape: tuple[int | None, ...], width: int) -> tuple[int, ...]:
@@ -116,6 +120,9 @@ class ShiftedGenerator:
         if layout.cache != SHIFTED:
             raise ModelFileError("these nets return one new KV row per step: run them with language.generate.Generator")
         self.token_head = layout.token_head
+        for needed in ("embedding", "embedding_cache"):
+            if needed not in nets:
+                raise ModelFileError(f"the model has no '{needed}' net (found: {', '.join(sorted(nets))})")
         self.num_layers = layers = count_layers(nets)
         block, cached = nets["block_0"], nets["block_cache_0"]
         cache_spec = cached.inputs[3]

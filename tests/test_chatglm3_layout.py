@@ -212,7 +212,7 @@ def toolchain():
 def test_the_prebuilt_layout_runs_on_the_simulator(toolchain, token_dir, family, tmp_path):
     from compile.bmodel import compile_model
 
-    bmodel = compile_model(token_dir[0], tmp_path, quantize="F16", prefill_width=SEQ, progress=lambda *_: None)
+    bmodel = compile_model(token_dir[0], tmp_path, quantize="F16", prefill_widths=[SEQ], progress=lambda *_: None)
     backend = open_backend("sail-simulator", bmodel)
     head = backend.nets()["lm_head"].outputs[0]
     assert head.dtype == np.int32 and head.shape == (1, 1)

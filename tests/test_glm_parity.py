@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from language.embedding import read_table
 from language.families import Turn, load_family
 from language.families.base import MASKED
 from language.families.glm import EOP_ID, GMASK_ID, SOP_ID, GlmFamily, process_response
@@ -130,7 +131,7 @@ def glm_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(glm_dir, family):
-    return Generator(open_backend("onnx", glm_dir[0], threads=1), family)
+    return Generator(open_backend("onnx", glm_dir[0], threads=1), family, read_table(glm_dir[0]))
 
 
 def split_net_logits(gen: Generator, prompt: list[int], answer: list[int], image=None) -> np.ndarray:
@@ -201,7 +202,7 @@ def test_padded_prefill_gives_the_same_logits(generator, family):
     plain = split_net_logits(generator, prompt, answer)
     layout = generator.layout
     try:
-        generator.layout = dataclasses.replace(layout, prefill_width=len(prompt) + 7)
+        generator.layout = dataclasses.replace(layout, prefill_widths=(len(prompt) + 7,))
         padded = split_net_logits(generator, prompt, answer)
     finally:
         generator.layout = layout

@@ -15,14 +15,16 @@ def test_tensors_round_trip_and_copy_by_element_offsets(tiny_dir):
 
 
 def test_a_net_writes_into_the_bound_output_tensor(tiny_dir):
-    backend = OnnxBackend(tiny_dir[0])
-    spec = backend.nets()["embedding_cache"]
-    assert [t.name for t in spec.inputs] == ["input_ids"] and spec.outputs[0].shape == (1, 1, 64)
-    ids, out = backend.alloc((1, 1), np.int32), backend.alloc((1, 1, 64), np.float32)
-    for token in (5, 42):
-        backend.write(ids, np.array([[token]]))
-        backend.run("embedding_cache", [ids], [out])
-        np.testing.assert_array_equal(backend.read(out)[0, 0], tiny_dir[1]["model.embed_tokens.weight"][token])
+    backend, weights = OnnxBackend(tiny_dir[0]), tiny_dir[1]
+    spec = backend.nets()["lm_head"]
+    assert [t.name for t in spec.inputs] == ["hidden_states"] and spec.outputs[0].shape == (1, 49152)
+    hidden, out = backend.alloc((1, 1, 64), np.float32), backend.alloc((1, 49152), np.float32)
+    for seed in (5, 42):
+        x = np.random.default_rng(seed).standard_normal(64).astype(np.float32)
+        backend.write(hidden, x)
+        backend.run("lm_head", [hidden], [out])
+        normed = x / np.sqrt((x * x).mean() + 1e-5) * weights["model.norm.weight"]
+        np.testing.assert_allclose(backend.read(out)[0], weights["lm_head.weight"] @ normed, rtol=1e-4, atol=1e-4)
 
 
 def test_prefill_nets_take_any_length_and_the_cache_length_is_fixed(tiny_dir):

@@ -15,6 +15,7 @@ import export.onnx_graph as onnx_graph
 from export.glm import export_glm
 from export.visualglm_vision import export_visualglm_vision
 from language.families.glm import GlmFamily
+from language.embedding import read_table
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
 from models.store import read_config
@@ -71,7 +72,7 @@ def direct(checkpoint, tmp_path_factory, external_above):
 
 
 def net_files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if ".onnx" in p.name}
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if ".onnx" in p.name or p.suffix == ".npy"}
 
 
 # ---------------------------------------------------------------- the model directory
@@ -83,10 +84,10 @@ def test_converted_nets_are_the_direct_export(converted, direct):
         assert ours[name] == theirs[name], name
     # The real layout: the tables and the vision net with external data, the blocks single files.
     with_data = sorted(name.removesuffix(".onnx.data") for name in ours if name.endswith(".data"))
-    assert with_data == ["embedding", "embedding_cache", "lm_head", "vision"]
-    assert len(ours["embedding.onnx.data"]) == TABLE_BYTES
-    assert converted[0].nets == ["embedding", "embedding_cache", "block_0", "block_cache_0", "block_1",
-                                 "block_cache_1", "lm_head", "vision"]
+    assert with_data == ["lm_head", "vision"]
+    assert np.load(converted[0].out_dir / "embedding.npy").nbytes == TABLE_BYTES  # the host table, float32
+    assert converted[0].nets == ["embedding.npy", "block_0", "block_cache_0", "block_1", "block_cache_1", "lm_head",
+                                 "vision"]
 
 
 def test_config_json_and_tokenizer_files(converted, checkpoint):
@@ -116,7 +117,7 @@ def test_greedy_tokens_with_a_picture_match_direct_export_and_reference(converte
         encoder = VisionEncoder(backend)
         embeds, _ = encoder.encode(picture)
         prompt = family.encode([], "描述一下图片", image_tokens=encoder.rows)
-        generator = Generator(backend, family)
+        generator = Generator(backend, family, read_table(directory))
         runs[name] = list(generator.generate(prompt.ids, Sampler(GREEDY), NEW_TOKENS,
                                              ImageRows(embeds, prompt.image_start)))
         rows[name] = backend.read(embeds)[0]
@@ -270,10 +271,9 @@ def test_cli_prints_progress_per_net_and_leaves_token_config_alone(checkpoint, t
     before = sorted(p.name for p in (ROOT / "token_config").iterdir())
     assert main([str(checkpoint[0]), str(tmp_path / "model"), "--seq-len", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    names = ["embedding", "embedding_cache", "block_0", "block_cache_0", "block_1", "block_cache_1", "lm_head",
-             "vision"]
+    names = ["embedding.npy", "block_0", "block_cache_0", "block_1", "block_cache_1", "lm_head", "vision"]
     steps = [line for line in lines if line.startswith("[")]
-    assert [line.split()[:2] for line in steps] == [[f"[{i + 1}/8]", name] for i, name in enumerate(names)]
+    assert [line.split()[:2] for line in steps] == [[f"[{i + 1}/7]", name] for i, name in enumerate(names)]
     assert lines[-1].startswith("done in ")
     assert read_config(tmp_path / "model")["source"]["seq_len"] == 32
     assert sorted(p.name for p in (ROOT / "token_config").iterdir()) == before

@@ -7,6 +7,7 @@ from PIL import Image
 
 import export.onnx_graph as onnx_graph
 from compile.bmodel import compile_model
+from language.embedding import read_table
 from language.families.glm import GlmFamily
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
@@ -38,12 +39,12 @@ def converted(tmp_path_factory):
     return root
 
 
-def _answer(backend, picture: Image.Image) -> tuple[list[int], np.ndarray]:
+def _answer(backend, table, picture: Image.Image) -> tuple[list[int], np.ndarray]:
     family = GlmFamily(stand_in_tokenizer())
     encoder = VisionEncoder(backend)
     embeds, _ = encoder.encode(picture)
     prompt = family.encode([], "What is in the picture?", image_tokens=encoder.rows)
-    tokens = Generator(backend, family).generate(prompt.ids, Sampler(GREEDY), GREEDY.max_new_tokens,
+    tokens = Generator(backend, family, table).generate(prompt.ids, Sampler(GREEDY), GREEDY.max_new_tokens,
                                                  ImageRows(embeds, prompt.image_start))
     return list(tokens), backend.read(embeds)
 
@@ -51,11 +52,12 @@ def _answer(backend, picture: Image.Image) -> tuple[list[int], np.ndarray]:
 def test_tiny_visualglm_gives_the_cpu_tokens_on_the_simulator(converted):
     from runtime import simulated_sail  # noqa: F401  (the toolchain is there: the fixture checked)
 
-    bmodel = compile_model(converted / "model", converted / "bmodel", quantize="F16", prefill_width=64,
+    bmodel = compile_model(converted / "model", converted / "bmodel", quantize="F16", prefill_widths=[64],
                            progress=lambda *_: None)
     picture = Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8))
-    on_cpu, rows_cpu = _answer(open_backend("onnx", converted / "model", threads=1), picture)
-    on_sim, rows_sim = _answer(open_backend("sail-simulator", bmodel), picture)
+    on_cpu, rows_cpu = _answer(open_backend("onnx", converted / "model", threads=1), read_table(converted / "model"),
+                               picture)
+    on_sim, rows_sim = _answer(open_backend("sail-simulator", bmodel), read_table(bmodel.parent), picture)
     cosine = float((rows_cpu * rows_sim).sum() / np.linalg.norm(rows_cpu) / np.linalg.norm(rows_sim))
     assert cosine > 0.999  # the vision net's rows, spliced on the device
     assert len(on_cpu) == GREEDY.max_new_tokens and on_sim == on_cpu
