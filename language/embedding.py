@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.backend import BFLOAT16, Backend, ModelFileError, Tensor, from_bfloat16_bits
+from runtime.backend import Backend, ModelFileError, Tensor
 
 TABLE_FILE = "embedding.npy"
 
@@ -60,8 +60,7 @@ class HostEmbedding:
         self.backend, self.table = backend, table
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
-        rows = self.table[np.asarray(ids, np.int64).reshape(-1)]
-        return from_bfloat16_bits(rows.view(np.uint16)) if rows.dtype == BFLOAT16 else rows
+        return self.table[np.asarray(ids, np.int64).reshape(-1)]  # in the table's type: bf16 goes up as bits
 
     def prefill(self, ids: np.ndarray, out: Tensor) -> None:
         self.backend.write(out, self._rows(ids)[None])

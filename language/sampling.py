@@ -45,16 +45,18 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
         s = self.settings
-        logits = apply_repetition_penalty(logits.astype(np.float32, copy=False).reshape(-1), seen,
-                                          s.repetition_penalty)
+        logits = apply_repetition_penalty(np.asarray(logits, np.float32).reshape(-1), seen, s.repetition_penalty)
         if s.temperature == 0:
             return int(np.argmax(logits))
-        logits = logits / s.temperature
+        # The candidates, best first. Only the top k are sorted and scaled: a full sort of a
+        # 130k vocabulary cost ~8 ms per token on the host, np.argpartition is linear.
         if 0 < s.top_k < logits.size:
-            kth = np.partition(logits, -s.top_k)[-s.top_k]
-            logits = np.where(logits < kth, -np.inf, logits)
-        order = np.argsort(-logits)
-        probs = np.exp(logits[order] - logits[order[0]])
+            top = np.argpartition(logits, logits.size - s.top_k)[-s.top_k:]
+            order = top[np.argsort(-logits[top], kind="stable")]
+        else:
+            order = np.argsort(-logits, kind="stable")
+        scaled = logits[order] / s.temperature
+        probs = np.exp(scaled - scaled[0])
         probs /= probs.sum()
         if s.top_p < 1:
             keep = np.cumsum(probs) - probs < s.top_p  # always keeps the top token

@@ -15,7 +15,8 @@ import numpy as np
 
 BFLOAT16 = np.dtype([("bfloat16", np.uint16)])
 """numpy has no bfloat16: backends that hold bf16 tensors report this 2-byte dtype for them;
-write() takes float data for such tensors and read() gives float32 back."""
+write() takes float data for such tensors (or bf16 bit patterns in this dtype, passed on as
+they are) and read() gives float32 back."""
 
 
 def to_bfloat16_bits(data: np.ndarray) -> np.ndarray:

@@ -105,7 +105,7 @@ class SailBackend:
     def write(self, dst: SailTensor, data: np.ndarray) -> None:
         data = np.asarray(data).reshape(dst.shape)
         if dst.dtype == BFLOAT16:
-            host = to_bfloat16_bits(data)
+            host = data.view(np.uint16) if data.dtype == BFLOAT16 else to_bfloat16_bits(data)
         elif dst.dtype == np.float16:
             host = np.ascontiguousarray(data, dtype=np.float16).view(np.uint16)  # sail takes fp16 as uint16
         else:
@@ -118,7 +118,7 @@ class SailBackend:
             return from_bfloat16_bits(data.view(np.uint16))
         if src.dtype == np.float16 and data.dtype == np.uint16:
             return data.view(np.float16).copy()
-        return data.astype(src.dtype, copy=True)
+        return np.array(data, dtype=src.dtype)  # a copy: sail may reuse the array it handed out
 
     def copy(self, dst: SailTensor, src: SailTensor, count: int, dst_offset: int = 0, src_offset: int = 0) -> None:
         if dst.dtype != src.dtype:
