@@ -8,7 +8,8 @@ MODEL is a catalog name (exported first if needed) or a model directory. OUT_DIR
 bmodel holding every net (vision included), the host embedding table when the embedding
 stays off the device, and a config.json naming the prompt family and tokenizer, with the
 compiler's estimates and the bmodel's device memory; the app runs it with
-`--backend sail --bmodel OUT_DIR/<file>.bmodel`.
+`--backend sail --bmodel OUT_DIR/<file>.bmodel`. At the end it prints compile/report.py's
+report: device memory against the boards, projected speed.
 
 Per net: model_transform (ONNX -> MLIR, static shapes; onnx-simplifier skipped: it held
 about ten copies of a real-size lm_head in RAM and was killed at 24 GB) then model_deploy
@@ -182,6 +183,35 @@ def write_embedding_nets(table: np.ndarray, folder: Path) -> Path:
     return folder
 
 
+def output_shape(path: Path) -> list[int]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+
+
+def template_tokens(config: dict, image_rows: int) -> int:
+    """Prompt tokens around a question, the picture's rows included: by the model's own
+    tokenizer and family when it is installed, else the rows plus GLM's dozen."""
+    try:
+        from language.families import load_family
+        from token_config import load_tokenizer
+
+        family = load_family(config["family"], load_tokenizer(config["tokenizer"]))
+        return len(family.encode([], "", image_rows).ids)
+    except Exception:  # noqa: BLE001 - no tokenizer files here (e.g. VisualGLM-6B's): an estimate will do
+        return image_rows + 12
+
+
+def model_shapes(model_dir: Path, config: dict, layers: int, context: int) -> dict:
+    """What the report needs to size the KV cache and the loop's buffers."""
+    history = input_shapes(model_dir / "block_cache_0.onnx", 0)[3]
+    vision = model_dir / "vision.onnx"
+    image_rows = output_shape(vision)[1] if vision.is_file() else 0
+    return {"layers": layers, "hidden": input_shapes(model_dir / "block_cache_0.onnx", 0)[0][-1],
+            "row": int(np.prod(history[2:])), "context": context, "item_bytes": 2,
+            "vocab": output_shape(model_dir / "lm_head.onnx")[-1], "image_rows": image_rows,
+            "template_tokens": template_tokens(config, image_rows)}
+
+
 def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip: str = "bm1684x",
                   group_size: int = 64, prefill_widths: list[int] | None = None, embedding: str | None = None,
                   head_quantize: str | None = None, vision_quantize: str | None = None, layers: int | None = None,
@@ -243,7 +273,8 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
         "head_quantize": head_quantize or float_type(quantize), "vision_quantize": vision_quantize or float_type(quantize),
         "prefill_widths": widths, "embedding": embedding, "tpu_mlir": VERSION,
         "estimated_ms": {name: ms for name, (_, ms) in results.items() if ms is not None},
-        "device_memory": info.memory_dict(),
+        "device_memory": info.memory_dict(), "layer_weight_bytes": info.coeff["block_cache_0"][1],
+        "shapes": model_shapes(model_dir, config, total_layers, context),
         **({"partial": {"layers": compiled_layers, "of": total_layers}} if compiled_layers < total_layers else {}),
     })
     progress(f"wrote {target} ({target.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - started:.0f} s")
@@ -258,6 +289,7 @@ def parse_widths(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compile.report import print_report
     from models.catalog import prepare_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -284,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelFileError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"compiled {target}")
+    print()
+    print_report(target.parent)
     return 0
 
 

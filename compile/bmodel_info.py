@@ -1,4 +1,4 @@
-"""What a compiled bmodel holds, as `model_tool --info` reports it."""
+"""What a compiled bmodel holds, as tpu-mlir's `model_tool` reports it."""
 from __future__ import annotations
 
 import re
@@ -10,19 +10,29 @@ from pathlib import Path
 @dataclass(frozen=True)
 class BmodelInfo:
     device_total: int  # bytes of device memory the runtime allocates for the bmodel
-    weight: int  # coefficients (each distinct blob once)
-    instruct: int  # command buffers of every net
-    runtime: int  # activations and other working memory
-    nets: tuple[str, ...]
+    weight: int  # coefficients, each distinct blob once
+    instruct: int  # command buffers
+    runtime: int  # activations: the largest net's, the nets run one at a time
+    coeff: dict[str, tuple[int, int]]  # net -> (start, size) of its coefficient blob in the file
 
     def memory_dict(self) -> dict[str, int]:
         return {"total": self.device_total, "weight": self.weight, "instruct": self.instruct, "runtime": self.runtime}
 
 
+def _model_tool(home: Path, *args: str) -> str:
+    return subprocess.run([str(home / "bin" / "model_tool"), *args], capture_output=True, text=True, check=True).stdout
+
+
 def read_bmodel_info(home: Path, bmodel: Path) -> BmodelInfo:
-    text = subprocess.run([str(home / "bin" / "model_tool"), "--info", str(bmodel)], capture_output=True, text=True,
-                          check=True).stdout
-    found = re.search(r"device mem size: (\d+) \(weight: (\d+), instruct: (\d+), runtime: (\d+)\)", text)
+    info = _model_tool(home, "--info", str(bmodel))
+    found = re.search(r"device mem size: (\d+) \(weight: (\d+), instruct: (\d+), runtime: (\d+)\)", info)
     if not found:
         raise RuntimeError(f"model_tool --info {bmodel} printed no device memory line")
-    return BmodelInfo(*(int(v) for v in found.groups()), tuple(re.findall(r"net \d+: \[(\S+)\]", text)))
+    printed = re.sub(r"\s+", "", _model_tool(home, "--print", str(bmodel)))
+    coeff = {}
+    for chunk in re.split(r'(?=\{name:"[^"]+",parameter:)', printed)[1:]:  # one per net
+        name = re.match(r'\{name:"([^"]+)"', chunk).group(1)
+        blob = re.search(r"binary_coeff:\{start:(\d+),size:(\d+)\}", chunk)
+        if blob:
+            coeff[name] = (int(blob.group(1)), int(blob.group(2)))
+    return BmodelInfo(*(int(v) for v in found.groups()), coeff)

@@ -14,8 +14,11 @@ from runtime.backend import Backend, Tensor
 from vision.preprocess import to_pixels
 
 
+CACHE_SIZE = 32  # pictures whose rows stay in the backend
+
+
 class VisionEncoder:
-    def __init__(self, backend: Backend, cache_size: int = 32):
+    def __init__(self, backend: Backend, cache_size: int = CACHE_SIZE):
         self.backend, self.cache_size = backend, cache_size
         spec = backend.nets()["vision"]
         self._input, self._output = spec.inputs[0], spec.outputs[0]
