@@ -17,16 +17,22 @@ Weights come in with the Hugging Face parameter names of THUDM/chatglm-6b
 (THUDM's modeling_chatglm.py, GLMBlock / SelfAttention / GLU):
 
   a   = LayerNorm_in(x)
-  h   = a * alpha + Dense(Attention(a))           alpha = sqrt(2 * num_layers)
+  h   = a * alpha + Dense(Attention(a))           alpha = sqrt(2 * 28), see below
   m   = LayerNorm_post(h)
   out = m * alpha + W_4h_to_h(gelu_tanh(W_h_to_4h(m)))
 
 - query_key_value is one Linear(H, 3H) whose output is laid out per head: [q_h | k_h | v_h]
   for h = 0..NH-1 (view [.., NH, 3D], then split); it is split into q/k/v weights here.
+- alpha is sqrt(2 x 28) at any depth: num_layers=28 is a default of the published
+  GLMBlock.__init__ and ChatGLMModel.get_layer never passes the real depth (GlmArch.alpha_layers).
+  For ChatGLM-6B itself (28 layers) that is the same number; a 2-layer test model also uses sqrt(56).
 - Rotary is 2-D: the first half of each head's q/k is rotated by row 0 of position_ids,
   the second half by row 1, each half with rotate_half over its own D/2 values and
-  inv_freq = 1 / 10000^(2j / (D/2)). The published module rounds inv_freq to float16
-  (`inv_freq.half()`), and the model was trained that way, so the tables do the same.
+  inv_freq = 1 / 10000^(2j / (D/2)), rounded to float16 (`inv_freq.half()`) as published.
+  The angles t x inv_freq and their cos/sin are made in the dtype the published model runs
+  in (GlmArch.rotary_angles): float16 by default, as under `.half()`, which is how
+  VisualGLM-6B is run (such angles are up to 0.5 rad from the float32 ones past position
+  1024: docs/visualglm.md); float32 as under `.float()`. The nets themselves stay float32.
 - Attention scores: the module divides q by sqrt(D) * (layer_id + 1), masks with -10000,
   multiplies by (layer_id + 1) again in float32 and softmaxes: in float32 that is plain
   softmax((q / sqrt(D)).k + mask), which is what the nets compute. The per-layer
@@ -57,6 +63,9 @@ from export.split_nets import Progress, write_nets
 Tensors = Mapping[str, np.ndarray]  # or any Mapping whose values np.asarray converts and that have .shape
 
 
+ROTARY_ANGLES = ("float16", "float32")  # the `.half()` deployment (default), the `.float()` one
+
+
 @dataclass(frozen=True)
 class GlmArch:
     hidden_size: int = 4096
@@ -67,7 +76,12 @@ class GlmArch:
     layernorm_eps: float = 1e-5
     max_positions: int = 2048  # max_sequence_length
     rotary_base: float = 10000.0
-    rotary_fp16_inv_freq: bool = True  # as the published RotaryEmbedding (inv_freq.half())
+    rotary_angles: str = "float16"  # precision of t x inv_freq and of cos/sin: one of ROTARY_ANGLES
+    alpha_layers: int = 28  # GLMBlock's num_layers default, which the published model never overrides
+
+    def __post_init__(self) -> None:
+        if self.rotary_angles not in ROTARY_ANGLES:
+            raise ValueError(f"rotary_angles must be one of {', '.join(ROTARY_ANGLES)}, got {self.rotary_angles!r}")
 
     @property
     def head_dim(self) -> int:
@@ -75,7 +89,8 @@ class GlmArch:
 
     @property
     def alpha(self) -> float:
-        return (2 * self.num_layers) ** 0.5
+        """The residual scale sqrt(2 x alpha_layers), whatever num_layers is (see the module docstring)."""
+        return (2 * self.alpha_layers) ** 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,15 +107,22 @@ class GlmArch:
 
 
 def rotary_tables(arch: GlmArch, positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [positions, D/2] for one half of a head, laid out for rotate_half: cat(f, f)."""
-    dim = arch.head_dim // 2
+    """cos/sin [positions, D/2] for one half of a head, laid out for rotate_half: cat(f, f).
+
+    As the published RotaryEmbedding in the arch.rotary_angles dtype: t, each angle
+    t x inv_freq (exact in float32 for float16 factors, so rounding it once is a float16
+    multiply) and cos/sin rounded to that dtype. Float32 tables either way.
+    """
+    dim, dtype = arch.head_dim // 2, np.dtype(arch.rotary_angles)
+
+    def rounded(values: np.ndarray) -> np.ndarray:
+        return values.astype(dtype).astype(np.float32)
+
     inv_freq = 1.0 / (arch.rotary_base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    inv_freq = inv_freq.astype(np.float32)
-    if arch.rotary_fp16_inv_freq:
-        inv_freq = inv_freq.astype(np.float16).astype(np.float32)
-    angles = np.outer(np.arange(positions, dtype=np.float32), inv_freq).astype(np.float32)  # fp32, as torch
+    inv_freq = inv_freq.astype(np.float16).astype(np.float32)
+    angles = rounded(np.outer(rounded(np.arange(positions)), inv_freq))
     angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return rounded(np.cos(angles)), rounded(np.sin(angles))
 
 
 def split_query_key_value(weight: np.ndarray, bias: np.ndarray, num_heads: int

@@ -2,40 +2,72 @@
 
 The reference below is written in PyTorch from the published modeling_chatglm.py's math
 (2-D rotary over the two halves of each head, LayerNorm-output residuals scaled by
-sqrt(2 * layers), the layer-scaled attention scores, the bidirectional context mask, tanh
-GELU) and recomputes the whole sequence at every step, with positions and mask derived
-from the ids the way get_position_ids / get_masks do. The split nets run through the
-shared Generator (prefill, then decode over the KV cache) on ONNX Runtime.
+sqrt(2 * 28) whatever the depth, the layer-scaled attention scores, the bidirectional
+context mask, tanh GELU) and recomputes the whole sequence at every step, with positions and
+mask derived from the ids the way get_position_ids / get_masks do. Its rotary tables are
+computed as the published RotaryEmbedding does once the model is cast with `.half()` or
+`.float()`; everything else runs in float32, as the nets do (a `.half()` model also rounds
+every activation to float16, which no float32 net reproduces: only the tables are a choice
+of the export). The split nets run through the shared Generator (prefill, then decode over
+the KV cache) on ONNX Runtime, exported in both rotary modes, with prompts reaching past
+position 1024, where the two modes' angles differ most.
 """
 import dataclasses
 import math
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 
+from export.glm import ROTARY_ANGLES, GlmArch, rotary_tables
 from language.embedding import read_table
 from language.families import Turn, load_family
 from language.families.base import MASKED
 from language.families.glm import EOP_ID, GMASK_ID, SOP_ID, GlmFamily, process_response
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
+from models.store import read_config
 from models.tiny_glm import TINY_GLM, export_tiny_glm, stand_in_tokenizer
 from runtime import open_backend
 
-SEQ = 128
+SEQ = 2048  # the published max_sequence_length: room for the long prompt
 NEW_TOKENS = 8
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=NEW_TOKENS)
+LONG_HISTORY = [Turn("Tell me a story.", "Once upon a time, " * 60)]  # positions past 1100
 QUESTIONS = [([], "What is in the picture?"), ([Turn("你好", "你好！")], "介绍一下你自己"),
-             ([Turn("Hi", "Hello!"), Turn("Colour?", "Red.")], "Shape?")]
+             ([Turn("Hi", "Hello!"), Turn("Colour?", "Red.")], "Shape?"), (LONG_HISTORY, "And then?")]
+PUBLISHED_NUM_LAYERS = 28  # GLMBlock.__init__'s default; ChatGLMModel.get_layer does not pass its depth
+MATCH = 2e-5  # largest relative_difference of the nets from the reference
 
 
 # ---------------------------------------------------------------- reference (full sequence, no cache)
 
-def glm_reference(arch, tensors: dict, ids: list[int], rows: slice = slice(None),
-                  image: tuple[int, np.ndarray] | None = None) -> np.ndarray:
+def published_rotary(dim: int, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [seq_len, dim] as the published RotaryEmbedding makes them in a model cast to
+    `dtype`: inv_freq made in float32 and rounded to half at init, then cast with the model
+    (a buffer); t, the einsum'd angles and cos/sin in that dtype. Torch's CPU half einsum and
+    cos compute in float32 and round to half, as the GPU's do."""
+    inv_freq = (1. / (10000 ** (torch.arange(0, dim, 2).float() / dim))).half().to(dtype)
+    t = torch.arange(seq_len, dtype=inv_freq.dtype)
+    freqs = torch.einsum("i,j->ij", t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def deployed_dtype(arch: GlmArch) -> torch.dtype:
+    """The dtype of the published model whose rotary tables the nets of `arch` hold."""
+    return getattr(torch, arch.rotary_angles)
+
+
+def glm_reference(arch: GlmArch, tensors: dict, ids: list[int], rows: slice = slice(None),
+                  image: tuple[int, np.ndarray] | None = None, *, rotary_dtype: torch.dtype = torch.float16,
+                  block_num_layers: int = PUBLISHED_NUM_LAYERS) -> np.ndarray:
     """Logits [len(ids[rows]), V] of ChatGLM-6B v1 on `ids` (which hold [gMASK] and <sop>);
-    `image` = (first row, embeddings [Q,H]) replaces those rows' word embeddings."""
+    `image` = (first row, embeddings [Q,H]) replaces those rows' word embeddings. The rotary
+    tables are those of the model in `rotary_dtype`; `block_num_layers` sets alpha (only the
+    tests that must tell a wrong alpha apart change it)."""
     t = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in tensors.items()}
     n, nh, d = len(ids), arch.num_heads, arch.head_dim
     # get_position_ids: context = everything before <sop>; row 0 frozen at [gMASK] after it.
@@ -47,12 +79,9 @@ def glm_reference(arch, tensors: dict, ids: list[int], rows: slice = slice(None)
     visible = torch.ones(n, n).tril()
     visible[:, :context] = 1
     masked = visible < 0.5
-    # RotaryEmbedding(dim = D/2, base 10000), inv_freq rounded to half as published.
-    dim = d // 2
-    inv_freq = (1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))).half().float()
-    freqs = torch.outer(torch.arange(max(n, 1)).float(), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    cos, sin = emb.cos(), emb.sin()
+    # RotaryEmbedding(dim = D/2), called with seq_len = position_ids.max() + 1.
+    seq_len = int(max(position.max(), block_position.max())) + 1
+    cos, sin = (table.float() for table in published_rotary(d // 2, seq_len, rotary_dtype))
 
     def rotate_half(x):
         x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
@@ -72,7 +101,7 @@ def glm_reference(arch, tensors: dict, ids: list[int], rows: slice = slice(None)
     def gelu(x):
         return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
 
-    alpha = (2 * arch.num_layers) ** 0.5
+    alpha = (2 * block_num_layers) ** 0.5  # GLMBlock: self.num_layers, 28 unless passed
     x = t["transformer.word_embeddings.weight"][torch.tensor(ids)]
     if image is not None:
         start, rows_embeds = image
@@ -100,11 +129,12 @@ def glm_reference(arch, tensors: dict, ids: list[int], rows: slice = slice(None)
         return (x @ t["lm_head.weight"].T).numpy()
 
 
-def reference_greedy(tensors, prompt: list[int], new_tokens: int, image=None) -> list[int]:
+def reference_greedy(tensors, prompt: list[int], new_tokens: int, image=None, arch: GlmArch = TINY_GLM) -> list[int]:
     """Greedy decoding that recomputes the whole sequence for every new token."""
     ids = list(prompt)
     for _ in range(new_tokens):
-        token = int(glm_reference(TINY_GLM, tensors, ids, slice(-1, None), image)[0].argmax())
+        logits = glm_reference(arch, tensors, ids, slice(-1, None), image, rotary_dtype=deployed_dtype(arch))
+        token = int(logits[0].argmax())
         if token == EOP_ID:
             break
         ids.append(token)
@@ -112,6 +142,21 @@ def reference_greedy(tensors, prompt: list[int], new_tokens: int, image=None) ->
 
 
 # ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The reference's tensors are tiny: handing them to a second thread costs more than the math."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Exported(NamedTuple):
+    arch: GlmArch
+    directory: Path
+    tensors: dict
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -123,15 +168,17 @@ def family(tokenizer):
     return load_family("glm", tokenizer)
 
 
-@pytest.fixture(scope="module")
-def glm_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-glm")
-    return out, export_tiny_glm(out, seq_len=SEQ)
+@pytest.fixture(scope="module", params=ROTARY_ANGLES)
+def model(request, tmp_path_factory) -> Exported:
+    """The tiny GLM exported with the rotary tables of the `.half()` or of the `.float()` model."""
+    arch = dataclasses.replace(TINY_GLM, max_positions=SEQ, rotary_angles=request.param)
+    out = tmp_path_factory.mktemp(f"tiny-glm-{request.param}")
+    return Exported(arch, out, export_tiny_glm(out, seq_len=SEQ, arch=arch))
 
 
 @pytest.fixture(scope="module")
-def generator(glm_dir, family):
-    return Generator(open_backend("onnx", glm_dir[0], threads=1), family, read_table(glm_dir[0]))
+def generator(model, family):
+    return Generator(open_backend("onnx", model.directory, threads=1), family, read_table(model.directory))
 
 
 def split_net_logits(gen: Generator, prompt: list[int], answer: list[int], image=None) -> np.ndarray:
@@ -141,6 +188,20 @@ def split_net_logits(gen: Generator, prompt: list[int], answer: list[int], image
     for token in answer[:-1]:
         rows.append(gen.decode(token))
     return np.stack(rows)
+
+
+def teacher_forced_reference(model: Exported, prompt: list[int], answer: list[int],
+                             image: tuple[int, np.ndarray] | None = None, **changes) -> np.ndarray:
+    """The reference's rows for split_net_logits(prompt, answer + [any token]); `changes` go
+    to glm_reference (a rotary_dtype, a block_num_layers)."""
+    settings = {"rotary_dtype": deployed_dtype(model.arch), **changes}
+    return glm_reference(model.arch, model.tensors, prompt + answer, slice(len(prompt) - 1, None), image,
+                         **settings)
+
+
+def relative_difference(ours: np.ndarray, ref: np.ndarray) -> float:
+    """Largest |ours - ref|, over the larger of 1 and the largest |ref|."""
+    return float(np.abs(ours - ref).max() / max(1.0, np.abs(ref).max()))
 
 
 def image_rows(gen: Generator, count: int, seed: int = 1) -> tuple[np.ndarray, object]:
@@ -155,44 +216,84 @@ def top_margin(logits: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
+# ---------------------------------------------------------------- the published choices: rotary tables, alpha
+
+@pytest.mark.parametrize("mode", ROTARY_ANGLES)
+@pytest.mark.parametrize("arch", [TINY_GLM, GlmArch()], ids=["tiny", "chatglm-6b"])
+def test_rotary_tables_match_the_published_module(arch, mode):
+    """All 2048 positions, to one unit in the last place of the mode's precision: cos/sin are
+    correctly rounded here, float32 cos/sin rounded there."""
+    arch = dataclasses.replace(arch, rotary_angles=mode)
+    theirs = published_rotary(arch.head_dim // 2, SEQ, deployed_dtype(arch))
+    for our, their in zip(rotary_tables(arch, SEQ), theirs):
+        their = their.numpy()
+        assert our.shape == their.shape == (SEQ, arch.head_dim // 2)
+        assert (np.abs(our - their) <= np.spacing(np.abs(their))).all()
+
+
+def test_config_records_both_choices(model):
+    recorded = read_config(model.directory)["architecture"]
+    assert recorded["rotary_angles"] == model.arch.rotary_angles
+    assert recorded["alpha_layers"] == PUBLISHED_NUM_LAYERS != model.arch.num_layers
+    assert model.arch.alpha == math.sqrt(2 * PUBLISHED_NUM_LAYERS)
+
+
 # ---------------------------------------------------------------- (a) greedy tokens, (b) teacher-forced logits
 
 @pytest.mark.parametrize("case", range(len(QUESTIONS)))
-def test_greedy_tokens_and_logits_match_reference(glm_dir, family, generator, case):
-    tensors = glm_dir[1]
+def test_greedy_tokens_and_logits_match_reference(model, family, generator, case):
     history, question = QUESTIONS[case]
     prompt = family.encode(history, question).ids
     ours = list(generator.generate(prompt, Sampler(GREEDY), NEW_TOKENS))
-    theirs = reference_greedy(tensors, prompt, NEW_TOKENS)
+    theirs = reference_greedy(model.tensors, prompt, NEW_TOKENS, arch=model.arch)
     assert len(ours) == NEW_TOKENS
     assert ours == theirs
 
     # Teacher forcing along that path: every row close, every greedy choice won by far more.
-    ref = glm_reference(TINY_GLM, tensors, prompt + ours, slice(len(prompt) - 1, None))
+    ref = teacher_forced_reference(model, prompt, ours)
     our = split_net_logits(generator, prompt, ours + [0])
     assert our.shape == ref.shape == (NEW_TOKENS + 1, TINY_GLM.vocab_size)
-    difference, scale = np.abs(our - ref).max(), max(1.0, np.abs(ref).max())
-    assert difference < 1e-3 * scale, difference
-    # Measured ~1e-6 x scale. Tanh vs erf GELU, or an inv_freq not rounded to half, each
-    # move these logits by ~3e-4 x scale: the tighter bound tells those apart.
-    assert difference < 2e-5 * scale, difference
-    assert top_margin(ref).min() > 100 * difference
+    # Measured ~1e-6. Tanh vs erf GELU, or an inv_freq not rounded to half, each move these
+    # logits by ~3e-4: the bound tells those apart.
+    difference = relative_difference(our, ref)
+    assert difference < MATCH, difference
+    assert top_margin(ref).min() > 100 * np.abs(our - ref).max()
 
 
-def test_image_rows_match_reference(glm_dir, family, generator):
-    tensors, count = glm_dir[1], 4
-    prompt = family.encode([], "描述一下图片", image_tokens=count)
+@pytest.mark.parametrize("history", [[], LONG_HISTORY], ids=["short", "long"])
+def test_image_rows_match_reference(model, family, generator, history):
+    count = 4
+    prompt = family.encode(history, "描述一下图片", image_tokens=count)
     embeds, tensor = image_rows(generator, count)
     image = ImageRows(tensor, prompt.image_start)
     ours = list(generator.generate(prompt.ids, Sampler(GREEDY), NEW_TOKENS, image))
-    theirs = reference_greedy(tensors, prompt.ids, NEW_TOKENS, (prompt.image_start, embeds))
+    theirs = reference_greedy(model.tensors, prompt.ids, NEW_TOKENS, (prompt.image_start, embeds), model.arch)
     assert ours == theirs and len(ours) == NEW_TOKENS
-    # The picture's rows, not the placeholder ids, decide the answer.
-    assert ours != reference_greedy(tensors, prompt.ids, NEW_TOKENS)
-    ref = glm_reference(TINY_GLM, tensors, prompt.ids + ours, slice(len(prompt.ids) - 1, None),
-                        (prompt.image_start, embeds))
+    ref = teacher_forced_reference(model, prompt.ids, ours, (prompt.image_start, embeds))
     our = split_net_logits(generator, prompt.ids, ours + [0], image)
-    assert np.abs(our - ref).max() < 2e-5 * max(1.0, np.abs(ref).max())
+    assert relative_difference(our, ref) < MATCH
+    # The picture's rows, not the placeholder ids, make these logits (measured: 0.2 apart
+    # after a short history, 0.02 after the long one).
+    blind = teacher_forced_reference(model, prompt.ids, ours)
+    assert relative_difference(our, blind) > 100 * MATCH, relative_difference(our, blind)
+
+
+def test_the_other_rotary_mode_or_a_depth_alpha_is_told_apart(model, family, generator, tokenizer):
+    """Past position 1024 the nets match the reference of their own mode, and neither the other
+    mode's reference nor one with alpha = sqrt(2 x depth): the parity above is no accident."""
+    prompt = family.encode(*QUESTIONS[-1]).ids
+    assert len(prompt) > 1024
+    answer = tokenizer.encode("The end.", add_special_tokens=False)
+    our = split_net_logits(generator, prompt, answer)
+    other = next(mode for mode in ROTARY_ANGLES if mode != model.arch.rotary_angles)
+    variants = {"own": {}, "other rotary": {"rotary_dtype": getattr(torch, other)},
+                "depth alpha": {"block_num_layers": model.arch.num_layers}}
+    differences = {name: relative_difference(our, teacher_forced_reference(model, prompt, answer[:-1], **change))
+                   for name, change in variants.items()}
+    # Measured: own ~5e-7, other rotary ~1e-3 (the tiny head's angles differ between the modes
+    # by at most 0.06 rad, ChatGLM-6B's by up to 0.5), depth alpha ~1.
+    assert differences["own"] < MATCH, differences
+    assert min(differences["other rotary"], differences["depth alpha"]) > 25 * MATCH, differences
 
 
 def test_padded_prefill_gives_the_same_logits(generator, family):
