@@ -95,6 +95,22 @@ class GlmArch:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter the nets read, Hugging Face name -> shape, in the state dict's order."""
+        h, inner = self.hidden_size, self.inner_size
+        shapes: dict[str, tuple[int, ...]] = {"transformer.word_embeddings.weight": (self.vocab_size, h)}
+        for i in range(self.num_layers):
+            p = f"transformer.layers.{i}."
+            shapes |= {p + "input_layernorm.weight": (h,), p + "input_layernorm.bias": (h,),
+                       p + "attention.query_key_value.weight": (3 * h, h),
+                       p + "attention.query_key_value.bias": (3 * h,),
+                       p + "attention.dense.weight": (h, h), p + "attention.dense.bias": (h,),
+                       p + "post_attention_layernorm.weight": (h,), p + "post_attention_layernorm.bias": (h,),
+                       p + "mlp.dense_h_to_4h.weight": (inner, h), p + "mlp.dense_h_to_4h.bias": (inner,),
+                       p + "mlp.dense_4h_to_h.weight": (h, inner), p + "mlp.dense_4h_to_h.bias": (h,)}
+        return shapes | {"transformer.final_layernorm.weight": (h,), "transformer.final_layernorm.bias": (h,),
+                         "lm_head.weight": (self.vocab_size, h)}
+
     @staticmethod
     def from_hf_config(config: dict) -> "GlmArch":
         """From THUDM/chatglm-6b's config.json (num_layers, inner_hidden_size, ...)."""
@@ -106,6 +122,12 @@ class GlmArch:
                        max_positions=config.get("max_sequence_length", 2048))
 
 
+def rotary_inv_freq(arch: GlmArch) -> np.ndarray:
+    """RotaryEmbedding(dim = D/2)'s float32 inv_freq [D/4], before the published module's .half()."""
+    dim = arch.head_dim // 2
+    return (1.0 / (arch.rotary_base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))).astype(np.float32)
+
+
 def rotary_tables(arch: GlmArch, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin [positions, D/2] for one half of a head, laid out for rotate_half: cat(f, f).
 
@@ -113,13 +135,12 @@ def rotary_tables(arch: GlmArch, positions: int) -> tuple[np.ndarray, np.ndarray
     t x inv_freq (exact in float32 for float16 factors, so rounding it once is a float16
     multiply) and cos/sin rounded to that dtype. Float32 tables either way.
     """
-    dim, dtype = arch.head_dim // 2, np.dtype(arch.rotary_angles)
+    dtype = np.dtype(arch.rotary_angles)
 
     def rounded(values: np.ndarray) -> np.ndarray:
         return values.astype(dtype).astype(np.float32)
 
-    inv_freq = 1.0 / (arch.rotary_base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    inv_freq = inv_freq.astype(np.float16).astype(np.float32)
+    inv_freq = rotary_inv_freq(arch).astype(np.float16).astype(np.float32)
     angles = rounded(np.outer(rounded(np.arange(positions)), inv_freq))
     angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)
     return rounded(np.cos(angles)), rounded(np.sin(angles))
@@ -284,17 +305,7 @@ def lm_head_net(arch: GlmArch, tensors: Tensors) -> Graph:
 
 def check_tensors(arch: GlmArch, tensors: Tensors) -> None:
     """Every parameter the nets need, with the shape the architecture says."""
-    h, inner = arch.hidden_size, arch.inner_size
-    expected = {"transformer.word_embeddings.weight": (arch.vocab_size, h), "lm_head.weight": (arch.vocab_size, h),
-                "transformer.final_layernorm.weight": (h,), "transformer.final_layernorm.bias": (h,)}
-    for i in range(arch.num_layers):
-        p = f"transformer.layers.{i}."
-        expected |= {p + "input_layernorm.weight": (h,), p + "input_layernorm.bias": (h,),
-                     p + "attention.query_key_value.weight": (3 * h, h), p + "attention.query_key_value.bias": (3 * h,),
-                     p + "attention.dense.weight": (h, h), p + "attention.dense.bias": (h,),
-                     p + "post_attention_layernorm.weight": (h,), p + "post_attention_layernorm.bias": (h,),
-                     p + "mlp.dense_h_to_4h.weight": (inner, h), p + "mlp.dense_h_to_4h.bias": (inner,),
-                     p + "mlp.dense_4h_to_h.weight": (h, inner), p + "mlp.dense_4h_to_h.bias": (h,)}
+    expected = arch.expected_shapes()
     missing = [name for name in expected if name not in tensors]
     if missing:
         raise KeyError(f"the checkpoint lacks {len(missing)} GLM parameter(s), e.g. {', '.join(missing[:3])}")

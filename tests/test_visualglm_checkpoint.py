@@ -1,5 +1,5 @@
 """models/visualglm_checkpoint.py on a tiny random VisualGLM-6B written as a Hugging Face
-checkpoint folder (models/tiny_visualglm.py): the model directory it writes against a direct
+checkpoint folder (models/random_visualglm.py): the model directory it writes against a direct
 export of the same tensors and against the PyTorch references of tests/test_glm_parity.py
 and tests/test_visualglm_vision.py; its errors; and that it streams."""
 import json
@@ -18,11 +18,11 @@ from language.families.glm import GlmFamily
 from language.embedding import read_table
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
+from models.random_visualglm import language_tensors, write_tiny_visualglm
 from models.store import read_config
 from models.tiny_glm import TINY_GLM, stand_in_tokenizer
-from models.tiny_visualglm import INDEX_FILE, language_tensors, write_tiny_visualglm
 from models.tiny_visualglm_vision import TINY_VISUALGLM_VISION as TINY_VISION
-from models.visualglm_checkpoint import CheckpointError, CheckpointTensors, convert, main
+from models.visualglm_checkpoint import INDEX_FILE, CheckpointError, CheckpointTensors, convert, main
 from runtime import open_backend
 from tests.test_glm_parity import reference_greedy
 from tests.test_visualglm_vision import reference as vision_reference

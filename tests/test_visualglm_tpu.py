@@ -12,7 +12,7 @@ from language.families.glm import GlmFamily
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
 from models.tiny_glm import stand_in_tokenizer
-from models.tiny_visualglm import write_tiny_visualglm
+from models.random_visualglm import write_tiny_visualglm
 from models.visualglm_checkpoint import convert
 from runtime import open_backend
 from runtime.tpu_mlir import ToolchainMissing, find_toolchain
