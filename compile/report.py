@@ -59,13 +59,13 @@ class Board:
     how: str
 
 
-BOARDS = (
-    Board("BM1684X SoC, 16 GB (SE7, Airbox)", "bm1684x", 13_760,
-          "after `memory_edit.sh -c -npu 7615 -vpu 3072 -vpp 3072` (Sophgo's LLM guides; the TPU uses all three heaps)"),
-    Board("BM1684X SoC, 12 GB (SE7)", "bm1684x", 7_615 + 1_024 + 1_024,
-          "after memory_edit.sh with the largest npu heap the 12 GB layout leaves"),
-    Board("BM1684X PCIe card (SC7, 12 GB per chip)", "bm1684x", 12_288, "the card's device memory"),
-    Board("BM1688 SoC, 16 GB (SE9-16)", "bm1688", 13_760, "after memory_edit.sh, as on BM1684X"),
+BOARDS = (  # the TPU may use the npu, vpu and vpp heaps alike (BMRuntime's heap mask 7; Sophgo's LLM guides)
+    Board("BM1684X SoC, 16 GB (SE7-32), as shipped", "bm1684x", 3_950 + 2_048 + 3_072,
+          "npu 3950 + vpu 2048 + vpp 3072 MiB, the SE7 SDK guide's example"),
+    Board("BM1684X SoC, 16 GB (SE7-32), after memory_edit.sh", "bm1684x", 7_615 + 3_072 + 3_072,
+          "`memory_edit.sh -c -npu 7615 -vpu 3072 -vpp 3072`, as sophon-demo's ChatGLM3 guide asks"),
+    Board("BM1688 SoC, 16 GB (SE9-16), after memory_edit.sh", "bm1688", 8_192 + 1_024,
+          "`memory_edit.sh -c -npu 8192 -vpu 0 -vpp 1024`, as sophon-demo's ChatGLM3 guide asks"),
 )
 
 
@@ -197,6 +197,8 @@ def render(out_dir: Path, question_tokens: int = 30, host_ms: float | None = Non
         spare = board.tpu_mb * MB - mem.device
         verdict = f"fits, {_gb(spare)} spare" if spare >= 0 else f"does NOT fit, {_gb(-spare)} short"
         lines.append(f"  {board.name}: {board.tpu_mb / 1024:.1f} GB for the TPU ({board.how}): {verdict}")
+    if not any(board.chip == config["chip"] for board in BOARDS):
+        lines.append(f"  no {config['chip']} board's memory layout is known here")
     lines += ["", f"Projected speed on the chip (compiler estimate x {CALIBRATION.factor}"
               + (f", + {host_ms:.2f} ms of host work per token" if host_ms else "") + ")",
               f"  decode: {fast.decode_ms:.1f} ms per token = {1000 / fast.decode_ms:.1f} tokens/s",
