@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 
 from compile.bmodel_info import read_bmodel_info
-from compile.toolchain import run_tool
+from compile.toolchain import ToolRun, run_tool
 from export.split_nets import embedding_net, save_table
 from language.embedding import TABLE_FILE, bucket_net, read_table
 from models.store import read_config, write_config
@@ -137,14 +137,34 @@ def plan(model_dir: Path, quantize: str, widths: list[int], layers: int, embeddi
     return plans
 
 
-def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path) -> tuple[Path, float | None]:
-    """ONNX -> bmodel in work/<net>; returns the bmodel and the compiler's runtime estimate (ms)."""
+@dataclass(frozen=True)
+class Compiled:
+    """One net's bmodel, the compiler's runtime estimate (ms) and what the compile cost."""
+    bmodel: Path
+    estimate_ms: float | None
+    transform: ToolRun
+    deploy: ToolRun
+    work_bytes: int  # the net's work folder at its largest (before intermediates are removed)
+    bmodel_bytes: int
+
+    def stats(self) -> dict:
+        return {"estimate_ms": self.estimate_ms, "bmodel_bytes": self.bmodel_bytes,
+                "transform_s": round(self.transform.seconds, 1), "deploy_s": round(self.deploy.seconds, 1),
+                "peak_rss_bytes": max(self.transform.peak_rss, self.deploy.peak_rss), "work_bytes": self.work_bytes}
+
+
+INTERMEDIATES = ("*.npz", "*_external_data", "*_opt.onnx")  # weights copied by the tools: GBs at real size
+
+
+def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path, keep: bool = True) -> Compiled:
+    """ONNX -> bmodel in work/<net>; with keep=False the tools' copies of the weights are removed
+    once the bmodel is written (they take several times the net's size)."""
     folder = work / net.name
     folder.mkdir(parents=True, exist_ok=True)
     shapes = "[" + ",".join("[" + ",".join(map(str, s)) + "]" for s in net.input_shapes) + "]"
-    run_tool(home, "model_transform.py", ["--model_name", net.name, "--model_def", str(net.onnx.resolve()),
-                                          "--input_shapes", shapes, "--mlir", f"{net.name}.mlir",
-                                          "--do_onnx_sim", ""], folder)  # an empty value is false there
+    transform = run_tool(home, "model_transform.py",
+                         ["--model_name", net.name, "--model_def", str(net.onnx.resolve()), "--input_shapes", shapes,
+                          "--mlir", f"{net.name}.mlir", "--do_onnx_sim", ""], folder)  # an empty value is false there
     deploy = ["--mlir", f"{net.name}.mlir", "--quantize", net.quantize, "--chip", chip,
               "--model", f"{net.name}{BMODEL_SUFFIX}"]
     if net.quantize.startswith("W4"):
@@ -153,8 +173,15 @@ def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path
         deploy.append("--quant_input")
     if net.quant_output:
         deploy.append("--quant_output")
-    run_tool(home, "model_deploy.py", deploy, folder)
-    return folder / f"{net.name}{BMODEL_SUFFIX}", _estimated_ms(folder / "compiler_profile_0.txt")
+    deployed = run_tool(home, "model_deploy.py", deploy, folder)
+    work_bytes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    if not keep:
+        for pattern in INTERMEDIATES:
+            for path in folder.glob(pattern):
+                path.unlink()
+    bmodel = folder / f"{net.name}{BMODEL_SUFFIX}"
+    return Compiled(bmodel, _estimated_ms(folder / "compiler_profile_0.txt"), transform, deployed, work_bytes,
+                    bmodel.stat().st_size)
 
 
 def _estimated_ms(profile: Path) -> float | None:
@@ -246,16 +273,19 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
                                  "compile it with --embedding device")
         nets = plan(model_dir, quantize, widths, compiled_layers, embedding_dir, head_quantize, vision_quantize)
 
-        def one(net: NetPlan):
-            result = compile_net(home, net, chip, group_size, work)
-            progress(f"  {net.name}: {net.quantize} ({time.perf_counter() - started:.0f} s)")
+        def one(net: NetPlan) -> Compiled:
+            result = compile_net(home, net, chip, group_size, work, keep=keep_work)
+            progress(f"  {net.name}: {net.quantize}, estimate {result.estimate_ms} ms, "
+                     f"{result.transform.seconds + result.deploy.seconds:.0f} s, "
+                     f"peak {max(result.transform.peak_rss, result.deploy.peak_rss) / 2**30:.1f} GB "
+                     f"({time.perf_counter() - started:.0f} s in all)")
             return result
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             results = dict(zip((n.name for n in nets), pool.map(one, nets)))
         target = out_dir / bmodel_name(config.get("name", model_dir.name), chip, quantize)
         partial = target.with_suffix(".partial")
-        run_tool(home, "model_tool", ["--combine", *(str(path) for path, _ in results.values()), "-o", str(partial)],
+        run_tool(home, "model_tool", ["--combine", *(str(r.bmodel) for r in results.values()), "-o", str(partial)],
                  work)
         partial.replace(target)
         if embedding == "host":
@@ -272,7 +302,8 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
         "group_size": group_size if "W4" in (quantize, head_quantize, vision_quantize) else None,
         "head_quantize": head_quantize or float_type(quantize), "vision_quantize": vision_quantize or float_type(quantize),
         "prefill_widths": widths, "embedding": embedding, "tpu_mlir": VERSION,
-        "estimated_ms": {name: ms for name, (_, ms) in results.items() if ms is not None},
+        "estimated_ms": {name: r.estimate_ms for name, r in results.items() if r.estimate_ms is not None},
+        "compile_stats": {name: r.stats() for name, r in results.items()},
         "device_memory": info.memory_dict(), "layer_weight_bytes": info.coeff["block_cache_0"][1],
         "shapes": model_shapes(model_dir, config, total_layers, context),
         **({"partial": {"layers": compiled_layers, "of": total_layers}} if compiled_layers < total_layers else {}),

@@ -309,14 +309,15 @@ def check_tensors(arch: GlmArch, tensors: Tensors) -> None:
 
 
 def export_glm(arch: GlmArch, tensors: Tensors, out_dir: Path, seq_len: int,
-               progress: Progress | None = None) -> list[Path]:
+               progress: Progress | None = None, layers: int | None = None) -> list[Path]:
     """Write every net of the model into out_dir; returns the .onnx files written (a net past
-    onnx_graph.EXTERNAL_DATA_ABOVE bytes of weights also gets its `.onnx.data` file)."""
+    onnx_graph.EXTERNAL_DATA_ABOVE bytes of weights also gets its `.onnx.data` file).
+    `layers`: write only the first ones (a probe of the model's size, not a runnable model)."""
     if seq_len > arch.max_positions:
         raise ValueError(f"seq_len {seq_len} exceeds the model's {arch.max_positions} positions")
     check_tensors(arch, tensors)
     tables = rotary_tables(arch, seq_len)
-    return write_nets(out_dir, arch.num_layers,
+    return write_nets(out_dir, min(layers or arch.num_layers, arch.num_layers),
                       embedding_table=lambda: tensors["transformer.word_embeddings.weight"],
                       block=lambda i: block_net(arch, tensors, i, tables),
                       block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),

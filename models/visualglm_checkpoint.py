@@ -346,11 +346,13 @@ def check_checkpoint(folder: Path) -> tuple[dict, GlmArch, VisualGlmVisionConfig
 
 
 def convert(checkpoint_dir: Path, out_dir: Path, seq_len: int = DEFAULT_SEQ_LEN, tokenizer_dir: Path | None = None,
-            progress: Progress | None = None) -> Conversion:
+            progress: Progress | None = None, layers: int | None = None) -> Conversion:
     """Convert the checkpoint folder into the model directory `out_dir` (replaced if it is
     one already; written under `<out_dir>.partial` and renamed into place at the end).
     `tokenizer_dir`: where to copy the tokenizer files (its name becomes the model's
-    tokenizer name); None copies nothing."""
+    tokenizer name); None copies nothing. `layers`: convert only the first ones, a probe for
+    measuring compile and device costs without the whole model's disk (config.json says
+    "partial"; the runtime refuses it, compile.report extrapolates from it)."""
     say = progress or (lambda message: None)
     folder, out_dir = Path(checkpoint_dir), Path(out_dir)
     config, arch, vision, source, notes = check_checkpoint(folder)
@@ -366,8 +368,11 @@ def convert(checkpoint_dir: Path, out_dir: Path, seq_len: int = DEFAULT_SEQ_LEN,
         raise FileExistsError(f"{out_dir} exists and is not a model directory: not writing into it")
     for note in notes:
         say(f"note: {note}")
+    written_layers = min(layers or arch.num_layers, arch.num_layers)
+    if written_layers < 1:
+        raise ValueError(f"--layers {layers}: at least one layer")
 
-    names = net_names(arch.num_layers) + ["vision"]
+    names = net_names(written_layers) + ["vision"]
     started = time.monotonic()
 
     def step(n: int, name: str) -> None:
@@ -379,7 +384,7 @@ def convert(checkpoint_dir: Path, out_dir: Path, seq_len: int = DEFAULT_SEQ_LEN,
     staging.mkdir(parents=True)
     try:
         export_glm(arch, source, staging, seq_len,
-                   progress=lambda n, total, name: step(n, name) if n < total else None)
+                   progress=lambda n, total, name: step(n, name) if n < total else None, layers=written_layers)
         step(len(names) - 1, "vision")
         export_visualglm_vision(source, vision, staging)
         tokenizer_name = Path(tokenizer_dir).name if tokenizer_dir is not None else MODEL_NAME
@@ -388,6 +393,8 @@ def convert(checkpoint_dir: Path, out_dir: Path, seq_len: int = DEFAULT_SEQ_LEN,
             "architecture": {**arch.to_dict(), "image_length": vision.num_queries, "vision": vision.to_dict()},
             "source": {"checkpoint": folder.resolve().name, "seq_len": seq_len,
                        "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}},
+            **({"partial": {"layers": written_layers, "of": arch.num_layers}}
+               if written_layers < arch.num_layers else {}),
         })
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -422,10 +429,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"context length the nets are exported for (default {DEFAULT_SEQ_LEN})")
     parser.add_argument("--tokenizer-dir", type=Path, default=None,
                         help="copy the tokenizer files here, e.g. token_config/visualglm-6b (default: not copied)")
+    parser.add_argument("--layers", type=int,
+                        help="convert only the first N layers: a probe for compile.bmodel and compile.report "
+                             "(not a runnable model)")
     args = parser.parse_args(argv)
     try:
         convert(args.checkpoint_dir, args.out_dir, args.seq_len, args.tokenizer_dir,
-                progress=lambda message: print(message, flush=True))
+                progress=lambda message: print(message, flush=True), layers=args.layers)
     except (CheckpointError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -158,7 +158,7 @@ def test_weight_only_quantized_blocks_stay_close_to_onnx_runtime(quantize, floor
     for name in ("block_0", "block_cache_0"):
         path = trained_like_dir / f"{name}.onnx"
         plan = NetPlan(name, path, input_shapes(path, 64), quantize, quant_input=True, quant_output=True)
-        bmodel, _ = compile_net(toolchain, plan, CHIP, 64, tmp_path)
+        bmodel = compile_net(toolchain, plan, CHIP, 64, tmp_path).bmodel
         cosines = _net_cosines(SailBackend(bmodel, sail=simulated_sail), on_cpu, [name])
         assert cosines[name] >= floor, (quantize, cosines)
 
