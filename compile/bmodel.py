@@ -165,6 +165,8 @@ def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path
     transform = run_tool(home, "model_transform.py",
                          ["--model_name", net.name, "--model_def", str(net.onnx.resolve()), "--input_shapes", shapes,
                           "--mlir", f"{net.name}.mlir", "--do_onnx_sim", ""], folder)  # an empty value is false there
+    if net.name.startswith("block_"):
+        as_llm_platform(folder / f"{net.name}.mlir")
     deploy = ["--mlir", f"{net.name}.mlir", "--quantize", net.quantize, "--chip", chip,
               "--model", f"{net.name}{BMODEL_SUFFIX}"]
     if net.quantize.startswith("W4"):
@@ -182,6 +184,21 @@ def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path
     bmodel = folder / f"{net.name}{BMODEL_SUFFIX}"
     return Compiled(bmodel, _estimated_ms(folder / "compiler_profile_0.txt"), transform, deployed, work_bytes,
                     bmodel.stat().st_size)
+
+
+def as_llm_platform(mlir: Path) -> None:
+    """Mark a transformer block's MLIR as the vendor's LLM converter marks its blocks.
+
+    For other platforms model_deploy runs a topological re-sort (TopoSortPass) whose placing of
+    weight ops depends on the graph around them: a GLM layer's prefill and decode nets then
+    store the first LayerNorm's weight and bias in opposite orders, their coefficient blobs
+    differ and the bmodel holds the layer twice. The pass is skipped for LLM, as for every
+    net of the vendor's own converter."""
+    text = mlir.read_text()
+    marked = text.replace('module.platform = "ONNX"', 'module.platform = "LLM"', 1)
+    if marked == text:
+        raise RuntimeError(f"{mlir} has no ONNX platform attribute: this tpu-mlir writes its MLIR differently")
+    mlir.write_text(marked)
 
 
 def _estimated_ms(profile: Path) -> float | None:
@@ -305,6 +322,8 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
         "estimated_ms": {name: r.estimate_ms for name, r in results.items() if r.estimate_ms is not None},
         "compile_stats": {name: r.stats() for name, r in results.items()},
         "device_memory": info.memory_dict(), "layer_weight_bytes": info.coeff["block_cache_0"][1],
+        "layer_instruct_bytes": sum(size for net, size in info.instructions.items()
+                                    if re.fullmatch(r"block_(cache_)?0(_\d+)?", net)),
         "shapes": model_shapes(model_dir, config, total_layers, context),
         **({"partial": {"layers": compiled_layers, "of": total_layers}} if compiled_layers < total_layers else {}),
     })

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from language.embedding import TABLE_FILE, bucket_net
 from models.store import read_config
+from runtime.backend import ModelFileError
 from vision.encoder import CACHE_SIZE
 
 MB = 2 ** 20
@@ -118,7 +119,7 @@ def memory(config: dict, out_dir: Path) -> Memory:
     buffers += CACHE_SIZE * kv["image_rows"] * hidden * item  # the latest pictures' rows stay on the device
     table = out_dir / TABLE_FILE
     return Memory(weights=device["weight"] + extra_layers * config["layer_weight_bytes"],
-                  instructions=device["instruct"] * total // compiled,
+                  instructions=device["instruct"] + extra_layers * config["layer_instruct_bytes"],
                   runtime=device["runtime"],
                   kv_cache=total * 2 * context * row * item,
                   buffers=buffers,
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                               "speed": speed(config, args.question_tokens, host_ms).__dict__}, indent=2))
         else:
             print_report(args.out_dir, question_tokens=args.question_tokens, host_ms=args.host_ms)
-    except (KeyError, FileNotFoundError, ValueError) as exc:
+    except (KeyError, FileNotFoundError, ValueError, ModelFileError) as exc:
         print(f"error: {args.out_dir} is not a compiled model this report can read: {exc}", file=sys.stderr)
         return 2
     return 0
