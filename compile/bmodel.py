@@ -2,7 +2,7 @@
 
     python -m compile.bmodel MODEL OUT_DIR [--quantize W4BF16] [--group-size 64] [--chip bm1684x]
                              [--prefill-widths 64,128,...] [--embedding host|device]
-                             [--head-quantize MODE] [--vision-quantize MODE] [--jobs 2] [--keep-work]
+                             [--head-quantize MODE] [--vision-quantize MODE] [--layers N] [--jobs 2] [--work DIR]
 
 MODEL is a catalog name (exported first if needed) or a model directory. OUT_DIR gets one
 bmodel holding every net (vision included), the host embedding table when the embedding
@@ -35,6 +35,7 @@ whole here; its config.json says so, the runtime refuses it and the report extra
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -153,20 +154,21 @@ class Compiled:
                 "peak_rss_bytes": max(self.transform.peak_rss, self.deploy.peak_rss), "work_bytes": self.work_bytes}
 
 
-INTERMEDIATES = ("*.npz", "*_external_data", "*_opt.onnx")  # weights copied by the tools: GBs at real size
+INTERMEDIATES = ("*.npz", "*_external_data", "*_opt.onnx")  # the tools' copies of the weights: GBs at real size
 
 
 def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path, keep: bool = True) -> Compiled:
-    """ONNX -> bmodel in work/<net>; with keep=False the tools' copies of the weights are removed
-    once the bmodel is written (they take several times the net's size)."""
+    """ONNX -> MLIR in work/<net> (reused when an earlier compile made it from the same file and
+    shapes), MLIR -> bmodel in work/<net>/<chip>-<mode>. With keep=False the tools' copies of
+    the weights are removed once the bmodel is written (several times the net's size)."""
     folder = work / net.name
-    folder.mkdir(parents=True, exist_ok=True)
-    shapes = "[" + ",".join("[" + ",".join(map(str, s)) + "]" for s in net.input_shapes) + "]"
-    transform = run_tool(home, "model_transform.py",
-                         ["--model_name", net.name, "--model_def", str(net.onnx.resolve()), "--input_shapes", shapes,
-                          "--mlir", f"{net.name}.mlir", "--do_onnx_sim", ""], folder)  # an empty value is false there
-    if net.name.startswith("block_"):
-        as_llm_platform(folder / f"{net.name}.mlir")
+    transform = _transform(home, net, folder)
+    mode = net.quantize.lower() + (f"-g{group_size}" if net.quantize.startswith("W4") else "")
+    target = folder / f"{chip}-{mode}"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (f"{net.name}.mlir", f"{net.name}_top_f32_all_weight.npz"):  # the MLIR names its weights by path
+        (target / name).unlink(missing_ok=True)
+        (target / name).symlink_to(folder / name)
     deploy = ["--mlir", f"{net.name}.mlir", "--quantize", net.quantize, "--chip", chip,
               "--model", f"{net.name}{BMODEL_SUFFIX}"]
     if net.quantize.startswith("W4"):
@@ -175,15 +177,34 @@ def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path
         deploy.append("--quant_input")
     if net.quant_output:
         deploy.append("--quant_output")
-    deployed = run_tool(home, "model_deploy.py", deploy, folder)
-    work_bytes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    if not keep:
-        for pattern in INTERMEDIATES:
-            for path in folder.glob(pattern):
-                path.unlink()
-    bmodel = folder / f"{net.name}{BMODEL_SUFFIX}"
-    return Compiled(bmodel, _estimated_ms(folder / "compiler_profile_0.txt"), transform, deployed, work_bytes,
+    deployed = run_tool(home, "model_deploy.py", deploy, target)
+    work_bytes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+    for pattern in INTERMEDIATES:  # the transform's MLIR weights stay if kept: a later compile reuses them
+        for path in [*target.glob(pattern), *(p for p in folder.glob(pattern) if not keep or p.suffix != ".npz")]:
+            path.unlink()
+    bmodel = target / f"{net.name}{BMODEL_SUFFIX}"
+    return Compiled(bmodel, _estimated_ms(target / "compiler_profile_0.txt"), transform, deployed, work_bytes,
                     bmodel.stat().st_size)
+
+
+def _transform(home: Path, net: NetPlan, folder: Path) -> ToolRun:
+    """model_transform of the net into `folder`, unless it holds one of the same ONNX file and shapes."""
+    source = net.onnx.resolve()
+    stamp = json.dumps({"onnx": str(source), "size": source.stat().st_size, "mtime": source.stat().st_mtime_ns,
+                        "shapes": net.input_shapes, "tpu_mlir": VERSION})
+    done = folder / "transform.json"
+    if done.is_file() and done.read_text() == stamp and (folder / f"{net.name}_top_f32_all_weight.npz").is_file():
+        return ToolRun(0.0, 0)
+    folder.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    shapes = "[" + ",".join("[" + ",".join(map(str, s)) + "]" for s in net.input_shapes) + "]"
+    transform = run_tool(home, "model_transform.py",
+                         ["--model_name", net.name, "--model_def", str(source), "--input_shapes", shapes,
+                          "--mlir", f"{net.name}.mlir", "--do_onnx_sim", ""], folder)  # an empty value is false there
+    if net.name.startswith("block_"):
+        as_llm_platform(folder / f"{net.name}.mlir")
+    done.write_text(stamp)
+    return transform
 
 
 def as_llm_platform(mlir: Path) -> None:
@@ -259,8 +280,11 @@ def model_shapes(model_dir: Path, config: dict, layers: int, context: int) -> di
 def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip: str = "bm1684x",
                   group_size: int = 64, prefill_widths: list[int] | None = None, embedding: str | None = None,
                   head_quantize: str | None = None, vision_quantize: str | None = None, layers: int | None = None,
-                  jobs: int = 2, keep_work: bool = False, progress=print) -> Path:
-    """Compile the nets of `model_dir` and combine them into one bmodel in `out_dir`."""
+                  jobs: int = 2, work_dir: Path | None = None, progress=print) -> Path:
+    """Compile the nets of `model_dir` and combine them into one bmodel in `out_dir`.
+    `work_dir`: keep each net's MLIR and bmodel there (and reuse the MLIRs of an earlier compile
+    of the same files: another chip or mode costs only model_deploy); None works in a temporary
+    folder and removes it."""
     for name, value, allowed in (("--quantize", quantize, QUANTIZE), ("--head-quantize", head_quantize, QUANTIZE),
                                  ("--vision-quantize", vision_quantize, QUANTIZE), ("--chip", chip, CHIPS),
                                  ("--embedding", embedding, EMBEDDING)):
@@ -279,7 +303,8 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
     table = read_table(model_dir)
     embedding = embedding or ("host" if table is not None else "device")
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / "work" if keep_work else Path(tempfile.mkdtemp(prefix="bmodel-", dir=out_dir))
+    keep_work = work_dir is not None
+    work = Path(work_dir) if keep_work else Path(tempfile.mkdtemp(prefix="bmodel-", dir=out_dir))
     started = time.perf_counter()
     try:
         embedding_dir = None
@@ -356,13 +381,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the token embedding lives (default: host, when the export has its table)")
     parser.add_argument("--layers", type=int, help="compile only the first N layers (a probe; not runnable)")
     parser.add_argument("--jobs", type=int, default=2, help="nets compiled side by side")
-    parser.add_argument("--keep-work", action="store_true", help="keep per-net folders (MLIR, compiler profiles)")
+    parser.add_argument("--work", type=Path, help="keep per-net folders (MLIR, compiler profiles) here; an earlier "
+                                                    "compile's MLIRs in it are reused")
     args = parser.parse_args(argv)
     try:
         model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_model(args.model)
         target = compile_model(model_dir, args.out_dir, args.quantize, args.chip, args.group_size, args.prefill_widths,
                                args.embedding, args.head_quantize, args.vision_quantize, args.layers, args.jobs,
-                               args.keep_work)
+                               args.work)
     except (ModelFileError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ def compiled(tmp_path_factory):
     for name, layers in (("whole", None), ("probe", 1)):
         convert(root / "checkpoint", root / name, 64, layers=layers)
         out[name] = compile_model(root / name, root / f"{name}-bmodel", quantize="F16", prefill_widths=WIDTHS,
-                                  progress=lambda *_: None).parent
+                                  work_dir=root / f"{name}-work", progress=lambda *_: None).parent
     return out["whole"], out["probe"]
 
 
@@ -65,3 +65,13 @@ def test_a_probe_cannot_be_run_and_the_cli_reads_both(compiled, capsys):
     figures = json.loads(capsys.readouterr().out)
     assert figures["memory"]["weights"] > 0 and figures["speed"]["decode_ms"] > 0
     assert main([str(compiled[0].parent / "nowhere")]) == 2
+
+
+def test_another_chip_reuses_the_transformed_nets(compiled):
+    probe = compiled[1]
+    again = compile_model(probe.parent / "probe", probe.parent / "probe-bm1688", quantize="W8BF16", chip="bm1688",
+                          prefill_widths=WIDTHS, work_dir=probe.parent / "probe-work", progress=lambda *_: None)
+    config = read_config(again.parent)
+    assert config["chip"] == "bm1688" and all(s["transform_s"] == 0 for s in config["compile_stats"].values())
+    assert all(s["deploy_s"] > 0 and s["estimate_ms"] > 0 for s in config["compile_stats"].values())
+    assert "no bm1688 board" not in render(again.parent)  # SE9-16 is in the board list
