@@ -35,6 +35,7 @@ whole here; its config.json says so, the runtime refuses it and the report extra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -157,18 +158,25 @@ class Compiled:
 INTERMEDIATES = ("*.npz", "*_external_data", "*_opt.onnx")  # the tools' copies of the weights: GBs at real size
 
 
-def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path, keep: bool = True) -> Compiled:
+PLATFORMS = ("LLM", "ONNX")  # how a block's MLIR is marked for model_deploy, in the order tried
+
+
+def compile_net(home: Path, net: NetPlan, chip: str, group_size: int, work: Path, keep: bool = True,
+                platform: str = "ONNX") -> Compiled:
     """ONNX -> MLIR in work/<net> (reused when an earlier compile made it from the same file and
-    shapes), MLIR -> bmodel in work/<net>/<chip>-<mode>. With keep=False the tools' copies of
-    the weights are removed once the bmodel is written (several times the net's size)."""
+    shapes), MLIR -> bmodel in work/<net>/<chip>-<mode>-<platform>. With keep=False the tools'
+    copies of the weights are removed once the bmodel is written (several times the net's size).
+    `platform`: what the MLIR says it came from (see same_coefficients for why it matters)."""
     folder = work / net.name
     transform = _transform(home, net, folder)
     mode = net.quantize.lower() + (f"-g{group_size}" if net.quantize.startswith("W4") else "")
-    target = folder / f"{chip}-{mode}"
+    target = folder / f"{chip}-{mode}-{platform.lower()}"
     target.mkdir(parents=True, exist_ok=True)
-    for name in (f"{net.name}.mlir", f"{net.name}_top_f32_all_weight.npz"):  # the MLIR names its weights by path
-        (target / name).unlink(missing_ok=True)
-        (target / name).symlink_to(folder / name)
+    mlir = (folder / f"{net.name}.mlir").read_text()
+    (target / f"{net.name}.mlir").write_text(mlir.replace('module.platform = "ONNX"', f'module.platform = "{platform}"', 1))
+    weights = target / f"{net.name}_top_f32_all_weight.npz"  # the MLIR names its weight file, beside it
+    weights.unlink(missing_ok=True)
+    weights.symlink_to(folder / weights.name)
     deploy = ["--mlir", f"{net.name}.mlir", "--quantize", net.quantize, "--chip", chip,
               "--model", f"{net.name}{BMODEL_SUFFIX}"]
     if net.quantize.startswith("W4"):
@@ -201,25 +209,24 @@ def _transform(home: Path, net: NetPlan, folder: Path) -> ToolRun:
     transform = run_tool(home, "model_transform.py",
                          ["--model_name", net.name, "--model_def", str(source), "--input_shapes", shapes,
                           "--mlir", f"{net.name}.mlir", "--do_onnx_sim", ""], folder)  # an empty value is false there
-    if net.name.startswith("block_"):
-        as_llm_platform(folder / f"{net.name}.mlir")
+    if 'module.platform = "ONNX"' not in (folder / f"{net.name}.mlir").read_text():
+        raise RuntimeError(f"{folder / net.name}.mlir has no ONNX platform attribute: this tpu-mlir writes its MLIR "
+                           "differently from the one this project was written for")
     done.write_text(stamp)
     return transform
 
 
-def as_llm_platform(mlir: Path) -> None:
-    """Mark a transformer block's MLIR as the vendor's LLM converter marks its blocks.
+def same_coefficients(home: Path, a: Path, b: Path) -> bool:
+    """Whether two one-net bmodels hold byte-identical coefficients (model_tool --combine then keeps one copy).
 
-    For other platforms model_deploy runs a topological re-sort (TopoSortPass) whose placing of
-    weight ops depends on the graph around them: a GLM layer's prefill and decode nets then
-    store the first LayerNorm's weight and bias in opposite orders, their coefficient blobs
-    differ and the bmodel holds the layer twice. The pass is skipped for LLM, as for every
-    net of the vendor's own converter."""
-    text = mlir.read_text()
-    marked = text.replace('module.platform = "ONNX"', 'module.platform = "LLM"', 1)
-    if marked == text:
-        raise RuntimeError(f"{mlir} has no ONNX platform attribute: this tpu-mlir writes its MLIR differently")
-    mlir.write_text(marked)
+    A layer's prefill and decode nets come from the same weights, but model_deploy orders a
+    net's weights by passes that look at the graph around them: for GLM its topological re-sort
+    (skipped for the vendor's "LLM" platform, as its own converter marks every net) swaps the
+    first LayerNorm's weight and bias in the decode net; for llama's in-place decode attention
+    only that re-sort puts the projections back in the prefill's order. So each compile checks
+    layer 0 (compile_model) and takes the platform that gives one copy."""
+    blobs = [next(iter(read_bmodel_info(path, home).nets.values())).stages[0].coeff for path in (a, b)]
+    return blobs[0].size == blobs[1].size and blobs[0].check_code == blobs[1].check_code != ()
 
 
 def _estimated_ms(profile: Path) -> float | None:
@@ -277,6 +284,19 @@ def model_shapes(model_dir: Path, config: dict, layers: int, context: int) -> di
             "template_tokens": template_tokens(config, image_rows)}
 
 
+def one_copy_per_layer(home: Path, nets: list[NetPlan], compile_one, progress) -> tuple[dict[str, Compiled], str]:
+    """Compile layer 0's decode net and widest prefill net on each platform in turn until their
+    coefficients are byte-identical; returns those results and the platform for every block."""
+    pair = [next(n for n in nets if n.name == name) for name in ("block_cache_0", "block_0")]
+    for platform in PLATFORMS:
+        compiled = {net.name: compile_one(net, platform) for net in pair}
+        if same_coefficients(home, compiled["block_cache_0"].bmodel, compiled["block_0"].bmodel):
+            return compiled, platform
+    progress("  warning: block_0 and block_cache_0 compile to different coefficients on every platform: "
+             "the bmodel holds each layer's weights twice")
+    return compiled, PLATFORMS[-1]
+
+
 def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip: str = "bm1684x",
                   group_size: int = 64, prefill_widths: list[int] | None = None, embedding: str | None = None,
                   head_quantize: str | None = None, vision_quantize: str | None = None, layers: int | None = None,
@@ -315,16 +335,21 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
                                  "compile it with --embedding device")
         nets = plan(model_dir, quantize, widths, compiled_layers, embedding_dir, head_quantize, vision_quantize)
 
-        def one(net: NetPlan) -> Compiled:
-            result = compile_net(home, net, chip, group_size, work, keep=keep_work)
+        def one(net: NetPlan, platform: str = "ONNX") -> Compiled:
+            result = compile_net(home, net, chip, group_size, work, keep=keep_work, platform=platform)
             progress(f"  {net.name}: {net.quantize}, estimate {result.estimate_ms} ms, "
                      f"{result.transform.seconds + result.deploy.seconds:.0f} s, "
                      f"peak {max(result.transform.peak_rss, result.deploy.peak_rss) / 2**30:.1f} GB "
                      f"({time.perf_counter() - started:.0f} s in all)")
             return result
 
+        results, block_platform = one_copy_per_layer(home, nets, one, progress)
+        rest = [n for n in nets if n.name not in results]
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            results = dict(zip((n.name for n in nets), pool.map(one, nets)))
+            results |= dict(zip((n.name for n in rest),
+                                pool.map(lambda n: one(n, block_platform if n.name.startswith("block_") else "ONNX"),
+                                         rest)))
+        results = {n.name: results[n.name] for n in nets}
         target = out_dir / bmodel_name(config.get("name", model_dir.name), chip, quantize)
         partial = target.with_suffix(".partial")
         run_tool(home, "model_tool", ["--combine", *(str(r.bmodel) for r in results.values()), "-o", str(partial)],
@@ -337,18 +362,19 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
     finally:
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    info = read_bmodel_info(home, target)
+    info = read_bmodel_info(target, home)
     write_config(out_dir, {
         **{k: v for k, v in config.items() if k != "export_version"},
         "bmodel": target.name, "chip": chip, "quantize": quantize,
         "group_size": group_size if "W4" in (quantize, head_quantize, vision_quantize) else None,
         "head_quantize": head_quantize or float_type(quantize), "vision_quantize": vision_quantize or float_type(quantize),
-        "prefill_widths": widths, "embedding": embedding, "tpu_mlir": VERSION,
+        "prefill_widths": widths, "embedding": embedding, "tpu_mlir": VERSION, "block_platform": block_platform,
         "estimated_ms": {name: r.estimate_ms for name, r in results.items() if r.estimate_ms is not None},
         "compile_stats": {name: r.stats() for name, r in results.items()},
-        "device_memory": info.memory_dict(), "layer_weight_bytes": info.coeff["block_cache_0"][1],
-        "layer_instruct_bytes": sum(size for net, size in info.instructions.items()
-                                    if re.fullmatch(r"block_(cache_)?0(_\d+)?", net)),
+        "device_memory": dataclasses.asdict(info.device),
+        "layer_weight_bytes": info.nets["block_cache_0"].stages[0].coeff.size,
+        "layer_instruct_bytes": sum(stage.instruct for name, net in info.nets.items()
+                                    if re.fullmatch(r"block_(cache_)?0(_\d+)?", name) for stage in net.stages),
         "shapes": model_shapes(model_dir, config, total_layers, context),
         **({"partial": {"layers": compiled_layers, "of": total_layers}} if compiled_layers < total_layers else {}),
     })

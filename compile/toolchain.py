@@ -15,14 +15,18 @@ class ToolRun:
     peak_rss: int  # bytes: the largest resident set of the tool or a program it waited for
 
 
+def _env(home: Path) -> dict[str, str]:
+    """The toolchain's bin/ first on PATH, and the stand-in for PyTorch its tools import."""
+    return {**os.environ, "PATH": f"{home / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(home / "torch-stub")}
+
+
 def run_tool(home: Path, tool: str, args: list[str], cwd: Path) -> ToolRun:
     """Run one tpu-mlir command in `cwd`, its output in cwd/<tool>.log; raise with the log's tail."""
-    env = {**os.environ, "PATH": f"{home / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(home / "torch-stub")}
     log = cwd / f"{tool.removesuffix('.py')}.log"
     started = time.perf_counter()
     with open(log, "w") as out:
-        process = subprocess.Popen([str(home / "bin" / tool), *args], cwd=cwd, env=env, stdout=out,
+        process = subprocess.Popen([str(home / "bin" / tool), *args], cwd=cwd, env=_env(home), stdout=out,
                                    stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage, for its peak memory
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -30,3 +34,13 @@ def run_tool(home: Path, tool: str, args: list[str], cwd: Path) -> ToolRun:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
         raise RuntimeError(f"{tool} failed in {cwd} (exit {process.returncode}); last lines of {log.name}:\n{tail}")
     return ToolRun(time.perf_counter() - started, usage.ru_maxrss * 1024)
+
+
+def tool_output(home: Path, tool: str, args: list[str]) -> str:
+    """Run one tpu-mlir command that reports on stdout (model_tool --info, ...); returns what it printed."""
+    result = subprocess.run([str(home / "bin" / tool), *args], env=_env(home), capture_output=True, text=True,
+                            errors="replace")
+    if result.returncode != 0:
+        raise RuntimeError(f"{tool} {' '.join(args)} failed (exit {result.returncode}):\n"
+                           f"{(result.stderr or result.stdout)[-2000:]}")
+    return result.stdout

@@ -114,32 +114,35 @@ class _BlockWriter:
         """One query token against the cache plus itself, without copying the cache.
 
         The cache stays [SEQ*KV, D] / [SEQ, KV*D] (free reshapes of [1,SEQ,KV,D]); every query
-        head is scored against every KV head and one-hot selection keeps its own group. That
-        costs KV x the (tiny) attention arithmetic but no transpose or concat of SEQ rows.
+        head is scored against every KV head and `_own_group` keeps its own group. That costs
+        KV x the (tiny) attention arithmetic but no transpose or concat of SEQ rows. Only shape
+        ops do the grouping, so the net holds the same constants as the prefill net and the
+        compiled model stores one copy of the layer for both.
         """
         g, a = self.g, self.arch
         nh, kv, d, groups = a.num_heads, a.num_kv_heads, a.head_dim, a.num_heads // a.num_kv_heads
-        own_group = np.zeros((kv, nh), np.float32)
-        own_group[np.arange(nh) // groups, np.arange(nh)] = 1.0
-        head_kv = g.weight((np.arange(nh) // groups).astype(np.int64))
         q = g.reshape(q, [nh, d])
-        # Scores against the history: [SEQ*KV, D] @ [D, NH] -> pick each head's group -> [NH, SEQ].
+        # Scores against the history: [SEQ*KV, D] @ [D, NH] -> each head's own group -> [NH, SEQ].
         s_hist = g.op("MatMul", g.reshape(history_k, [-1, d]), g.transpose(q, [1, 0]))
-        s_hist = g.op("ReduceSum", g.op("Mul", g.reshape(s_hist, [-1, kv, nh]), g.weight(own_group)),
-                      g.ints([1]), keepdims=0)
-        s_hist = g.transpose(s_hist, [1, 0])
+        s_hist = _own_group(g, g.reshape(s_hist, [-1, kv * nh]), kv, 1, groups)  # [SEQ, KV, G]
+        s_hist = g.transpose(g.reshape(s_hist, [-1, nh]), [1, 0])
         # Score against the current token: its K, repeated per query head.
-        k_rep = g.op("Gather", g.reshape(k, [kv, d]), head_kv)
-        s_cur = g.op("ReduceSum", g.op("Mul", q, k_rep), g.ints([-1]), keepdims=1)
+        s_cur = g.op("ReduceSum", g.op("Mul", q, self.per_head(k)), g.ints([-1]), keepdims=1)
         scores = g.op("Mul", g.op("Concat", s_hist, s_cur, axis=-1), g.weight(np.array(d ** -0.5, np.float32)))
         probs = g.op("Softmax", g.op("Add", scores, g.reshape(mask, [1, -1])), axis=-1)
         p_hist, p_cur = g.slice_last(probs, 0, -1), g.slice_last(probs, -1, 2 ** 31 - 1)
-        # Context: [NH, SEQ] @ [SEQ, KV*D] -> pick each head's group -> [NH, D], plus the current V.
+        # Context: [NH, SEQ] @ [SEQ, KV*D] -> each head's own group -> [NH, D], plus the current V.
         ctx = g.op("MatMul", p_hist, g.reshape(history_v, [-1, kv * d]))
-        ctx = g.op("ReduceSum", g.op("Mul", g.reshape(ctx, [nh, kv, d]),
-                                     g.weight(own_group.T[:, :, None].copy())), g.ints([1]), keepdims=0)
-        ctx = g.op("Add", ctx, g.op("Mul", p_cur, g.op("Gather", g.reshape(v, [kv, d]), head_kv)))
+        ctx = g.reshape(_own_group(g, g.reshape(ctx, [1, -1]), kv, groups, d), [nh, d])
+        ctx = g.op("Add", ctx, g.op("Mul", p_cur, self.per_head(v)))
         return g.matmul(g.reshape(ctx, [1, 1, a.hidden_size]), self.w("self_attn.o_proj.weight"), self.prefix + "o")
+
+    def per_head(self, x: str) -> str:
+        """The current token's K or V [1,1,KV,D] -> [NH,D], each KV head repeated for its group."""
+        g, a = self.g, self.arch
+        kv, d = a.num_kv_heads, a.head_dim
+        return g.reshape(g.op("Expand", g.reshape(x, [kv, 1, d]), g.ints([kv, a.num_heads // kv, d])),
+                         [a.num_heads, d])
 
     def mlp(self, x: str) -> str:
         g = self.g
@@ -149,6 +152,22 @@ class _BlockWriter:
         up = g.matmul(h, self.w("mlp.up_proj.weight"), self.prefix + "up")
         act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
         return g.matmul(act, self.w("mlp.down_proj.weight"), self.prefix + "down")
+
+
+def _own_group(g: Graph, x: str, kv: int, inner: int, width: int) -> str:
+    """x [R, KV*inner*KV*width], each row a [KV, inner, KV, width] array -> [R, KV*inner, width]:
+    the entries whose two KV indices agree (a block diagonal), taken with shape ops only, so
+    no index or mask constant enters the net.
+
+    Padding a row by KV*width puts entry (j, i, j, :) at offset i*KV*width of row j of a
+    [KV, (inner*KV + 1)*width] view: slicing those rows keeps exactly the wanted entries.
+    """
+    span = inner * kv * width
+    padded = g.op("Pad", x, g.ints([0, 0, 0, kv * width]))
+    rows = g.reshape(padded, [0, kv, span + width])
+    if inner > 1:
+        rows = g.reshape(g.slice_last(rows, 0, span), [0, kv * inner, kv * width])
+    return g.slice_last(rows, 0, width)
 
 
 def block_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, prefill_len: Dim = "seq") -> Graph:

@@ -14,6 +14,17 @@ TINY_SEQ = 128
 
 
 @pytest.fixture(scope="session")
+def toolchain():
+    """tpu-mlir's install (compiler and chip simulator); skips the test, saying why, without it."""
+    from runtime.tpu_mlir import ToolchainMissing, find_toolchain
+
+    try:
+        return find_toolchain()
+    except ToolchainMissing as exc:
+        pytest.skip(f"tpu-mlir is not installed here: {exc}")
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random llama exported to ONNX, with its weights for reference models."""
     out = tmp_path_factory.mktemp("tiny-llama")

@@ -198,16 +198,6 @@ def test_mixed_layout_is_refused(tiny_dir, family):
 
 # ---------------------------------------------------------------- on tpu-mlir's chip simulator
 
-@pytest.fixture(scope="module")
-def toolchain():
-    from runtime.tpu_mlir import ToolchainMissing, find_toolchain
-
-    try:
-        return find_toolchain()
-    except ToolchainMissing as exc:
-        pytest.skip(f"tpu-mlir is not installed here: {exc}")
-
-
 @pytest.mark.simulator
 def test_the_prebuilt_layout_runs_on_the_simulator(toolchain, token_dir, family, tmp_path):
     from compile.bmodel import compile_model

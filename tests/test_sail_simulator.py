@@ -20,20 +20,11 @@ from models.tiny import TINY_LLAMA, export_tiny_llama
 from runtime import open_backend
 from runtime.backend import BFLOAT16
 from runtime.sail_backend import SailBackend
-from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 
 pytestmark = pytest.mark.simulator
 
 CHIP = "bm1684x"
 WIDTHS = [40, 64]  # two prefill widths: short prompts take the narrow nets, longer ones the wide
-
-
-@pytest.fixture(scope="session")
-def toolchain():
-    try:
-        return find_toolchain()
-    except ToolchainMissing as exc:
-        pytest.skip(f"tpu-mlir is not installed here: {exc}")
 
 
 @pytest.fixture(scope="session")
