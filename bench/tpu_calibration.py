@@ -41,6 +41,7 @@ PUBLISHED_FIRST_TOKEN_MS = 1121.0  # same table
 
 def export_layer(folder: Path) -> dict[str, Path]:
     """One layer's block and block_cache, lm_head and the embedding nets, as ONNX in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     arch = dataclasses.replace(CHATGLM3_6B, num_layers=1)
     tensors = tiny_chatglm3(arch, peaked=False)
     tables = rope_tables(arch, SEQ)

@@ -153,10 +153,11 @@ def speed(config: dict, question_tokens: int, host_ms: float) -> Speed:
         return sum(_estimate(config, base.format(i=i)) for i in range(compiled)) / compiled * total
 
     head = _estimate(config, "lm_head")
-    decode = per_layer("block_cache_{i}") + head + (_estimate(config, "embedding_cache") if device_embedding else 0)
+    gather = config["estimated_ms"].get  # an embedding net may have no estimate: a lone row gather
+    decode = per_layer("block_cache_{i}") + head + (gather("embedding_cache", 0.0) if device_embedding else 0)
     prefill = {}
     for w in widths:
-        embed = _estimate(config, bucket_net("embedding", w, widths[-1])) if device_embedding else 0
+        embed = gather(bucket_net("embedding", w, widths[-1]), 0.0) if device_embedding else 0
         prefill[w] = (per_layer(bucket_net("block_{i}", w, widths[-1])) + embed + head) * f
     vision = config["estimated_ms"].get("vision", 0.0) * f
     prompt = config["shapes"]["template_tokens"] + question_tokens

@@ -265,6 +265,19 @@ def test_other_usage_errors(checkpoint, tmp_path):
         convert(tmp_path / "nowhere", tmp_path / "model", SEQ)
 
 
+def test_a_probe_of_the_first_layers_is_marked_and_cannot_answer(checkpoint, tmp_path):
+    from language.loader import load_chat_model
+    from runtime.backend import ModelFileError
+
+    result = convert(checkpoint[0], tmp_path / "probe", SEQ, layers=1)
+    assert result.nets == ["embedding.npy", "block_0", "block_cache_0", "lm_head", "vision"]
+    assert read_config(result.out_dir)["partial"] == {"layers": 1, "of": TINY_GLM.num_layers}
+    with pytest.raises(ModelFileError, match="1 of the model's 2 layers"):
+        load_chat_model(result.out_dir)
+    with pytest.raises(ValueError, match="at least one layer"):
+        convert(checkpoint[0], tmp_path / "none", SEQ, layers=-1)
+
+
 # ---------------------------------------------------------------- CLI
 
 def test_cli_prints_progress_per_net_and_leaves_token_config_alone(checkpoint, tmp_path, capsys):
