@@ -54,7 +54,7 @@ def test_the_report_says_what_a_device_owner_needs(compiled):
     assert "embedding on the host" in text and "host memory: the embedding table" in text
     for board in (b for b in BOARDS if b.chip == "bm1684x"):
         assert board.name in text
-    assert f"x {CALIBRATION.factor}" in text and "prefill by width: 32:" in text
+    assert f"x {CALIBRATION.decode}" in text and "prefill by width: 32:" in text
     assert "Targets" in text  # the glm family's goals on bm1684x, met or missed by how much
 
 

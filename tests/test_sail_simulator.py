@@ -154,6 +154,19 @@ def test_weight_only_quantized_blocks_stay_close_to_onnx_runtime(quantize, floor
         assert cosines[name] >= floor, (quantize, cosines)
 
 
+def test_8_bit_lm_head_and_vision_nets_stay_close_to_onnx_runtime(toolchain, simulated_sail, tiny_seeing_dir,
+                                                                     tmp_path):
+    """W8BF16 is what compile.bmodel gives these two by default next to weight-quantized blocks."""
+    on_cpu = open_backend("onnx", tiny_seeing_dir[0])
+    for name in ("lm_head", "vision"):
+        path = tiny_seeing_dir[0] / f"{name}.onnx"
+        plan = NetPlan(name, path, input_shapes(path, 1), "W8BF16", quant_input=name != "vision",
+                       quant_output=name != "lm_head")
+        bmodel = compile_net(toolchain, plan, CHIP, 64, tmp_path).bmodel
+        cosines = _net_cosines(SailBackend(bmodel, sail=simulated_sail), on_cpu, [name])
+        assert cosines[name] >= 0.999, cosines
+
+
 def test_sail_backend_without_sophon_sail_says_how_to_install_it(compiled, monkeypatch):
     import sys
 
