@@ -8,7 +8,6 @@ the backend's argument handling, dtype conversions, the embedding lookup and sam
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Mapping, Sequence
@@ -16,25 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from runtime.backend import BFLOAT16
-
-
-class Dtype(enum.IntEnum):
-    BM_FLOAT32 = 0
-    BM_FLOAT16 = 1
-    BM_INT8 = 2
-    BM_UINT8 = 3
-    BM_INT16 = 4
-    BM_UINT16 = 5
-    BM_INT32 = 6
-    BM_UINT32 = 7
-    BM_BFLOAT16 = 8
-
-
-class IOMode(enum.IntEnum):
-    SYSI = 0
-    SYSO = 1
-    SYSIO = 2
-    DEVIO = 3
+from runtime.simulated_sail import Dtype, IOMode  # sail's own enum values
 
 
 NUMPY_TO_DTYPE = {np.dtype(np.float32): Dtype.BM_FLOAT32, np.dtype(np.float16): Dtype.BM_FLOAT16,

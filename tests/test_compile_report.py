@@ -13,7 +13,6 @@ from models.random_visualglm import write_tiny_visualglm
 from models.store import read_config
 from models.visualglm_checkpoint import convert
 from runtime.backend import ModelFileError
-from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 
 pytestmark = pytest.mark.simulator
 
@@ -21,12 +20,8 @@ WIDTHS = [32, 64]
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
+def compiled(toolchain, tmp_path_factory):
     """(whole tiny VisualGLM, its one-layer probe), each converted and compiled the same way."""
-    try:
-        find_toolchain()
-    except ToolchainMissing as exc:
-        pytest.skip(f"tpu-mlir is not installed here: {exc}")
     root = tmp_path_factory.mktemp("report")
     write_tiny_visualglm(root / "checkpoint")
     out = {}

@@ -15,7 +15,6 @@ from models.tiny_glm import stand_in_tokenizer
 from models.random_visualglm import write_tiny_visualglm
 from models.visualglm_checkpoint import convert
 from runtime import open_backend
-from runtime.tpu_mlir import ToolchainMissing, find_toolchain
 from vision.encoder import VisionEncoder
 
 pytestmark = pytest.mark.simulator
@@ -24,13 +23,9 @@ GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """The tiny checkpoint converted; embedding, lm_head and vision take the external-data path
-    the real 2-4 GB nets take (threshold lowered to 1 MiB)."""
-    try:
-        find_toolchain()
-    except ToolchainMissing as exc:
-        pytest.skip(f"tpu-mlir is not installed here: {exc}")
+def converted(toolchain, tmp_path_factory):
+    """The tiny checkpoint converted; lm_head and vision take the external-data path the real
+    2-4 GB nets take (threshold lowered to 1 MiB)."""
     root = tmp_path_factory.mktemp("visualglm-tpu")
     write_tiny_visualglm(root / "checkpoint")
     with pytest.MonkeyPatch.context() as patch:
