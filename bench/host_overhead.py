@@ -10,7 +10,8 @@ the device's own time comes on top of it, and so does the driver's latency per c
 this cannot see: the figures also count the calls per token.
 
 Shapes are the real model's: VisualGLM-6B (28 GLM layers, hidden 4096, vocabulary 130528,
-a context of 1024, BF16 on the device, prefill widths 64..1024, the embedding on the host)
+a context of 1024, BF16 on the device, prefill widths 64..1024; the embedding on the host,
+then as nets on the device)
 or the default model's language half (SmolLM2-135M: 30 layers, hidden 576, vocabulary 49152).
 Times are medians over --runs of the mean per token; the machine's other work adds noise.
 """
@@ -52,8 +53,9 @@ def model_shapes(name: str) -> SimpleNamespace:
                            image_rows=16, prompt=60)
 
 
-def net_table(m: SimpleNamespace) -> dict[str, NetShapes]:
-    """The bmodel's nets as compile.bmodel makes them: BF16 on the device, fp32 logits, no embedding nets."""
+def net_table(m: SimpleNamespace, device_embedding: bool) -> dict[str, NetShapes]:
+    """The bmodel's nets as compile.bmodel makes them: BF16 on the device, fp32 logits, and the
+    embedding nets when the embedding is on the device."""
     bf, i32 = BFLOAT16, np.dtype(np.int32)
 
     def positions(width: int) -> tuple[int, ...]:
@@ -64,6 +66,11 @@ def net_table(m: SimpleNamespace) -> dict[str, NetShapes]:
                                  {"logits": ((1, m.vocab), np.dtype(np.float32))}),
             "vision": NetShapes({"pixel_values": ((1, 3, 224, 224), np.dtype(np.float32))},
                                 {"image_embeds": ((1, m.image_rows, m.hidden), bf)})}
+    if device_embedding:
+        for w in widths:
+            nets[bucket_net("embedding", w, widths[-1])] = NetShapes({"input_ids": ((1, w), i32)},
+                                                                      {"hidden_states": ((1, w, m.hidden), bf)})
+        nets["embedding_cache"] = NetShapes({"input_ids": ((1, 1), i32)}, {"hidden_states": ((1, 1, m.hidden), bf)})
     for i in range(m.layers):
         for w in widths:
             nets[bucket_net(f"block_{i}", w, widths[-1])] = NetShapes(
@@ -106,31 +113,38 @@ def family_for(name: str):
 
 def measure(model: str, tokens: int, runs: int) -> None:
     m = model_shapes(model)
+    print(f"{model}: {m.layers} layers, hidden {m.hidden}, vocabulary {m.vocab}, context {m.context}; "
+          f"host time per call of a sail whose device calls cost nothing")
     with tempfile.TemporaryDirectory() as folder:
         table = np.lib.format.open_memmap(Path(folder) / "embedding.npy", "w+", BFLOAT16, (m.vocab, m.hidden))
-        backend = CountingBackend(SailBackend(Path(__file__), sail=make_sail(net_table(m))))
-        generator = Generator(backend, family_for(model), table)
-        image = ImageRows(backend.alloc((1, m.image_rows, m.hidden), BFLOAT16), 1)
-        ids = list(range(1000, 1000 + m.prompt))
-        print(f"{model}: {m.layers} layers, hidden {m.hidden}, vocabulary {m.vocab}, context {m.context}; "
-              f"host time per call of a sail whose device calls cost nothing")
-        for label, settings in SETTINGS.items():
-            prefill_ms, decode_ms = [], []
-            for _ in range(runs):
-                sampler, seen = Sampler(settings), np.asarray(ids, np.int64)
-                start = time.perf_counter()
-                token = sampler(generator.prefill(ids, image), seen)
-                prefill_ms.append((time.perf_counter() - start) * 1000)
-                backend.calls.clear()
-                start = time.perf_counter()
-                for _ in range(tokens):
-                    seen = np.append(seen, token)
-                    token = sampler(generator.decode(token), seen)
-                decode_ms.append((time.perf_counter() - start) * 1000 / tokens)
-                per_token = {k: v / tokens for k, v in backend.calls.items()}
-            calls = ", ".join(f"{v:g} {k}" for k, v in sorted(per_token.items()))
-            print(f"  {label}: prefill of {m.prompt} tokens with a picture {statistics.median(prefill_ms):.2f} ms; "
-                  f"decode {statistics.median(decode_ms):.3f} ms/token ({calls} per token)")
+        for where in ("host", "device"):
+            backend = CountingBackend(SailBackend(Path(__file__), sail=make_sail(net_table(m, where == "device"))))
+            generator = Generator(backend, family_for(model), table if where == "host" else None)
+            print(f" embedding on the {where}:")
+            measure_loop(generator, backend, m, tokens, runs)
+
+
+def measure_loop(generator: Generator, backend: CountingBackend, m: SimpleNamespace, tokens: int, runs: int) -> None:
+    """Prefill of a prompt with a picture, then `tokens` decode steps, greedy and sampled."""
+    image = ImageRows(backend.alloc((1, m.image_rows, m.hidden), BFLOAT16), 1)
+    ids = list(range(1000, 1000 + m.prompt))
+    for label, settings in SETTINGS.items():
+        prefill_ms, decode_ms = [], []
+        for _ in range(runs):
+            sampler, seen = Sampler(settings), np.asarray(ids, np.int64)
+            start = time.perf_counter()
+            token = sampler(generator.prefill(ids, image), seen)
+            prefill_ms.append((time.perf_counter() - start) * 1000)
+            backend.calls.clear()
+            start = time.perf_counter()
+            for _ in range(tokens):
+                seen = np.append(seen, token)
+                token = sampler(generator.decode(token), seen)
+            decode_ms.append((time.perf_counter() - start) * 1000 / tokens)
+            per_token = {k: v / tokens for k, v in backend.calls.items()}
+        calls = ", ".join(f"{v:g} {k}" for k, v in sorted(per_token.items()))
+        print(f"  {label}: prefill of {m.prompt} tokens with a picture {statistics.median(prefill_ms):.2f} ms; "
+              f"decode {statistics.median(decode_ms):.3f} ms/token ({calls} per token)")
 
 
 def main() -> None:
