@@ -210,6 +210,9 @@ def render(out_dir: Path, question_tokens: int = 30, host_ms: float | None = Non
               f"{fast.width}): {fast.first_token_ms / 1000:.2f} s (vision {fast.vision_ms:.0f} ms)",
               "  prefill by width: " + ", ".join(f"{w}: {ms:.0f} ms" for w, ms in fast.prefill_ms.items()),
               f"  calibration: {CALIBRATION.source}"]
+    if config["chip"] != "bm1684x":
+        lines.append(f"  (the calibration was measured for BM1684X; on {config['chip']} it is applied unchanged, "
+                     "as no published figure of a model compiled the same way was found to check it)")
     target = TARGETS.get(config["family"]) if config["chip"] == "bm1684x" else None
     if target:
         lines += ["", f"Targets ({target.source})"]
