@@ -183,7 +183,7 @@ def render(out_dir: Path, question_tokens: int = 30, host_ms: float | None = Non
     if compiled < total:
         lines.append(f"A probe: {compiled} of {total} layers compiled; per-layer figures are extrapolated to {total}.")
     lines += ["", f"Device memory at a context of {kv['context']} tokens",
-              f"  weights            {_gb(mem.weights):>9}   ({total} layers x {config['layer_weight_bytes'] / MB:.1f} MB "
+              f"  weights            {_gb(mem.weights):>9}   ({total} layers x {config['layer_weight_bytes'] / 1e6:.1f} MB "
               f"+ the other nets)",
               f"  instructions       {_gb(mem.instructions):>9}",
               f"  runtime            {_gb(mem.runtime):>9}   (activations; the nets share it)",
