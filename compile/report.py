@@ -34,7 +34,7 @@ from runtime.backend import ModelFileError
 from vision.encoder import CACHE_SIZE
 
 MB = 2 ** 20
-HOST_MS_PER_TOKEN = 0.9  # bench/host_overhead.py, VisualGLM-6B's shapes, sampling (greedy: 0.4), on x86_64
+HOST_MS_PER_TOKEN = 0.35  # bench/host_overhead.py: VisualGLM-6B's shapes, sampled (greedy 0.19), idle x86_64 core
 
 
 @dataclass(frozen=True)
