@@ -1,8 +1,10 @@
-"""Start the web app: image chat and text chat in the browser, on the default model.
+"""Start the web app: image chat and text chat in the browser, and the HTTP API, on the default model.
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth user:pass] [--model NAME|DIR]
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth user:pass] [--api-key KEY] [--model NAME|DIR]
 
-`python cli.py` is the same chat in the terminal.
+One process, one port: the page at /, the OpenAI-compatible API at /v1, VisualGLM's API at
+POST /, all answered by one Scheduler that owns the model. `python cli.py` is the same chat
+in the terminal.
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     web.add_argument("--auth", metavar="USER:PASSWORD", help="require this login")
     web.add_argument("--queue-size", type=int, default=32, help="requests that may wait for the model")
     web.add_argument("--max-upload-mb", type=int, default=20)
+    api = parser.add_argument_group("HTTP API (/v1 and POST /)")
+    api.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    api.add_argument("--allow-image-urls", action="store_true",
+                     help="let API requests give pictures as http(s) URLs, fetched by the server")
     add_model_args(parser)
     add_sampling_args(parser)
     args = parser.parse_args(argv)
@@ -40,19 +46,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     defaults, model = opened
     from web.share import share_service_reachable
-    from web.ui import LAUNCH_OPTIONS, build_ui
 
     share = args.share
     if share:
         share, why = share_service_reachable()
         if not share:
             print(f"No share link: {why}. The app keeps serving locally.", file=sys.stderr)
-    demo = build_ui(model, defaults)
-    demo.queue(max_size=args.queue_size)
-    demo.launch(server_name=args.host, server_port=args.port, share=share,
-                auth=tuple(args.auth.split(":", 1)) if args.auth else None,
-                max_file_size=f"{args.max_upload_mb}mb", **LAUNCH_OPTIONS)
+    serve(model, defaults, host=args.host, port=args.port, share=share, auth=args.auth, queue_size=args.queue_size,
+          max_upload_mb=args.max_upload_mb, api_key=args.api_key, allow_image_urls=args.allow_image_urls)
     return 0
+
+
+def serve(model, defaults, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+          auth: str | None = None, queue_size: int = 32, max_upload_mb: int = 20, api_key: str | None = None,
+          allow_image_urls: bool = False, block: bool = True):
+    """Page and API on one server, sharing one Scheduler. Returns the running Blocks."""
+    from api.options import ApiOptions
+    from api.routes import api_routes
+    from serving.scheduler import Scheduler
+    from web.ui import LAUNCH_OPTIONS, build_ui
+
+    scheduler = Scheduler(model, max_waiting=queue_size)
+    options = ApiOptions(defaults, api_key, allow_image_urls, max_body_mb=max_upload_mb * 4 // 3 + 1)  # base64
+    demo = build_ui(scheduler, defaults)
+    demo.queue(max_size=queue_size)
+    demo.launch(server_name=host, server_port=port, share=share, auth=tuple(auth.split(":", 1)) if auth else None,
+                max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, quiet=not block,
+                app_kwargs={"routes": api_routes(scheduler, options)}, **LAUNCH_OPTIONS)
+    return demo
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -15,7 +16,7 @@ from PIL import Image
 from language.families.base import Family, Prompt, Turn
 from language.generate import ContextOverflow, Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
-from language.streaming import TextStream
+from language.streaming import StopAt, TextStream
 from vision.encoder import VisionEncoder
 
 
@@ -74,7 +75,7 @@ class ChatModel:
         return self.generator.context_length
 
     def fit(self, history: list[Turn], question: str, max_new_tokens: int,
-            image_tokens: int = 0) -> tuple[Prompt, int]:
+            image_tokens: int = 0, system: str | None = None) -> tuple[Prompt, int]:
         """The prompt and how many of the oldest turns had to be left out.
 
         Older turns are dropped until the answer has room for max_new_tokens (at most half
@@ -83,7 +84,7 @@ class ChatModel:
         limit = self.generator.prompt_limit
         reserve = min(max_new_tokens, self.context_length // 2)
         for dropped in range(len(history) + 1):
-            prompt = self.family.encode(history[dropped:], question, image_tokens)
+            prompt = self.family.encode(history[dropped:], question, image_tokens, system)
             if len(prompt.ids) + reserve <= self.context_length and len(prompt.ids) <= limit:
                 return prompt, dropped
         if len(prompt.ids) <= limit and len(prompt.ids) < self.context_length:
@@ -92,23 +93,27 @@ class ChatModel:
                               f"holds {min(limit, self.context_length - 1)}. Please shorten it.")
 
     def stream(self, history: list[Turn], question: str, settings: SamplingSettings,
-               image: Image.Image | None = None) -> Iterator[Event]:
+               image: Image.Image | None = None, *, system: str | None = None,
+               stop: tuple[str, ...] = ()) -> Iterator[Event]:
         """Answer `question` after `history`, about `image` if one is given (an upright RGB
-        picture from vision.preprocess.load_image)."""
+        picture from vision.preprocess.load_image).
+
+        `system` replaces the family's default system prompt. The answer ends before the first
+        of the `stop` strings, which is never streamed, not even in part."""
         if not question.strip():
             raise ValueError("The question is empty.")
         if image is not None and self.vision is None:
             raise ValueError(f"{self.name} has no vision net: it cannot look at images.")
         start = time.perf_counter()
         prompt, dropped = self.fit(history, question, settings.max_new_tokens,
-                                   self.vision.rows if image is not None else 0)
+                                   self.vision.rows if image is not None else 0, system)
         if dropped:
             yield Notice(f"The conversation was longer than the model's context of {self.context_length} "
                          f"tokens: the oldest {dropped} turn(s) were left out of this answer.")
         sampling_notice = getattr(self.generator, "notice", None)  # e.g. a head that picks tokens on the chip
         if sampling_notice and settings.temperature > 0:
             yield Notice(sampling_notice)
-        text = TextStream(self.tokenizer)
+        text = StopAt(TextStream(self.tokenizer), stop)
         first_token_s, count, vision_s, cached = 0.0, 0, 0.0, False
         with self._lock:
             rows = None
@@ -118,15 +123,18 @@ class ChatModel:
                 vision_s = 0.0 if cached else time.perf_counter() - vision_start
                 rows = ImageRows(embeds, prompt.image_start)
             tokens = self.generator.generate(prompt.ids, Sampler(settings), settings.max_new_tokens, rows)
-            for token in tokens:
-                count += 1
-                if count == 1:
-                    first_token_s = time.perf_counter() - start
-                    first_at = time.perf_counter()
-                delta = text.push(token)
-                if delta:
-                    yield TextDelta(delta)
-            finish = self.generator.finish_reason
+            with closing(tokens):
+                for token in tokens:
+                    count += 1
+                    if count == 1:
+                        first_token_s = time.perf_counter() - start
+                        first_at = time.perf_counter()
+                    delta = text.push(token)
+                    if delta:
+                        yield TextDelta(delta)
+                    if text.stopped:
+                        break
+            finish = "stop" if text.stopped else self.generator.finish_reason
         tail = text.flush()
         if tail:
             yield TextDelta(tail)
@@ -135,7 +143,7 @@ class ChatModel:
                    dropped, vision_s, cached)
 
     def reply(self, history: list[Turn], question: str, settings: SamplingSettings | None = None,
-              image: Image.Image | None = None) -> Done:
-        """The whole answer at once (tests, scripts)."""
-        events = list(self.stream(history, question, settings or SamplingSettings(), image))
+              image: Image.Image | None = None, **options) -> Done:
+        """The whole answer at once (tests, scripts); `options` as for stream()."""
+        events = list(self.stream(history, question, settings or SamplingSettings(), image, **options))
         return events[-1]

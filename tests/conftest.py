@@ -97,12 +97,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def app(tiny_seeing):
-    """The web app on the tiny seeing model, served on a free local port."""
-    from web.ui import LAUNCH_OPTIONS, build_ui
+    """The web app and its HTTP API on the tiny seeing model, served on a free local port."""
+    from app import serve
+    from language.sampling import SamplingSettings
 
-    demo = build_ui(tiny_seeing[0])
-    demo.queue(max_size=16)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
+    demo = serve(tiny_seeing[0], SamplingSettings(), port=port, queue_size=16, block=False)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

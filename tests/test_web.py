@@ -10,6 +10,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from language.sampling import SamplingSettings  # noqa: E402
+from serving.scheduler import Scheduler  # noqa: E402
 from vision.preprocess import load_image  # noqa: E402
 from web import handlers  # noqa: E402
 from web.handlers import Session  # noqa: E402
@@ -120,7 +121,7 @@ def test_bad_upload_and_empty_question_are_messages_not_crashes(app, pictures):
 
 def test_stopping_keeps_the_partial_answer_in_the_conversation(tiny_seeing):
     session = Session()
-    stream = handlers.answer(tiny_seeing[0], session, "Tell me a story.", SamplingSettings(max_new_tokens=50))
+    stream = handlers.answer(Scheduler(tiny_seeing[0]), session, "Tell me a story.", SamplingSettings(max_new_tokens=50))
     first = next(r for r in stream if r.messages[-1]["content"])
     stream.close()  # what Gradio does when Stop cancels the event
     assert session.turns and session.turns[0].answer == first.messages[-1]["content"].strip()
@@ -129,15 +130,16 @@ def test_stopping_keeps_the_partial_answer_in_the_conversation(tiny_seeing):
 
 def test_a_backend_failure_is_a_message_and_the_session_goes_on(tiny_seeing, monkeypatch):
     model, session = tiny_seeing[0], Session()
+    scheduler = Scheduler(model)
 
     def broken(*args, **kwargs):
         raise RuntimeError("device lost")
 
     with monkeypatch.context() as patch:
         patch.setattr(model.generator, "generate", broken)
-        reply = list(handlers.answer(model, session, "Hello", SamplingSettings(max_new_tokens=3)))[-1]
+        reply = list(handlers.answer(scheduler, session, "Hello", SamplingSettings(max_new_tokens=3)))[-1]
     assert "device lost" in reply.messages[-1]["content"] and "try again" in reply.messages[-1]["content"]
-    reply = list(handlers.answer(model, session, "Hello", SamplingSettings(max_new_tokens=3)))[-1]
+    reply = list(handlers.answer(scheduler, session, "Hello", SamplingSettings(max_new_tokens=3)))[-1]
     assert "⚠️" not in reply.messages[-1]["content"] and len(reply.messages) == 4
 
 

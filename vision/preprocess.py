@@ -35,6 +35,9 @@ def load_image(source: ImageSource) -> Image.Image:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageError("This file is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF...).") from None
+        except Image.DecompressionBombError:  # Pillow's own limit, far above ours: refused for the same reason
+            raise ImageError(f"The image has far more pixels than the {MAX_PIXELS // 1_000_000} million "
+                             "accepted.") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"The image is {width}x{height} pixels; at most {MAX_PIXELS // 1_000_000} million are accepted.")

@@ -1,10 +1,13 @@
 """What the web app does, as plain functions of (inputs, session state) -> outputs.
 
-Gradio calls these; tests call them directly. The ChatModel is shared by every browser
-session; each session's conversation and picture live in its own `Session`.
+Gradio calls these; tests call them directly. The model is shared by every browser
+session (and the HTTP API) through one Scheduler; each session's conversation and picture
+live in its own `Session`.
 """
 from __future__ import annotations
 
+import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -15,9 +18,12 @@ from language.chat import ChatModel, Done, Notice, TextDelta
 from language.families import Turn
 from language.generate import ContextOverflow
 from language.sampling import SamplingSettings
+from serving.scheduler import QueueFull, Scheduler, Waiting
 from vision.preprocess import ImageError, load_image
 
 DESCRIBE_PROMPT = "Describe the image."
+SESSION_POLL_S = 0.05
+_CLAIMING = threading.Lock()  # guards the check-and-set of Session.answering, never held while waiting
 
 Messages = list[dict]
 
@@ -29,6 +35,7 @@ class Session:
     turns: list[Turn] = field(default_factory=list)
     image: Image.Image | None = None
     messages: Messages = field(default_factory=list)
+    answering: bool = False  # one answer at a time per session: a question asked meanwhile waits
 
 
 @dataclass(frozen=True)
@@ -65,22 +72,44 @@ def _said(text: str) -> Session:
     return Session(messages=[{"role": "assistant", "content": text}])
 
 
-def answer(model: ChatModel, session: Session, question: str, settings: SamplingSettings) -> Iterator[Reply]:
+def answer(scheduler: Scheduler, session: Session, question: str, settings: SamplingSettings) -> Iterator[Reply]:
     """Stream the answer to `question` into the chat; problems become a message in the chat.
 
-    Stopped half-way (the generator closed), the partial answer stays in the conversation.
+    Stopped half-way (the generator closed), the partial answer stays in the conversation
+    and the model moves on to the next user at once.
     """
     question = question.strip()
     if not question:
         yield Reply(session.messages, "⚠️ Please type a question first.")
         return
+    if not _claim(session):  # e.g. asked while the description on upload still streams
+        yield Reply(session.messages, "⏳ Waiting for the answer before.")
+        while not _claim(session):
+            time.sleep(SESSION_POLL_S)
+    try:
+        yield from _answer(scheduler, session, question, settings)
+    finally:
+        session.answering = False
+
+
+def _claim(session: Session) -> bool:
+    with _CLAIMING:
+        if session.answering:
+            return False
+        session.answering = True
+        return True
+
+
+def _answer(scheduler: Scheduler, session: Session, question: str, settings: SamplingSettings) -> Iterator[Reply]:
     shown = session.messages = [*session.messages, {"role": "user", "content": question},
                                 {"role": "assistant", "content": ""}]
     text, notice, done = "", "", None
     try:
-        with closing(model.stream(session.turns, question, settings, session.image)) as events:
+        with closing(scheduler.stream(session.turns, question, settings, session.image)) as events:
             for event in events:
-                if isinstance(event, TextDelta):
+                if isinstance(event, Waiting):
+                    yield Reply(shown, f"⏳ Waiting for the model: {event.ahead} ahead.")
+                elif isinstance(event, TextDelta):
                     text += event.text
                     shown[-1] = {"role": "assistant", "content": text}
                     yield Reply(shown, notice)
@@ -95,7 +124,7 @@ def answer(model: ChatModel, session: Session, question: str, settings: Sampling
         if text:
             session.turns.append(Turn(question, text.strip()))
         raise
-    except (ContextOverflow, ValueError) as exc:
+    except (ContextOverflow, ValueError, QueueFull) as exc:
         shown[-1] = {"role": "assistant", "content": f"⚠️ {exc}"}
         yield Reply(shown, "")
     except Exception as exc:  # a backend failure must not take the session down

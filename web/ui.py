@@ -1,8 +1,8 @@
 """The web page: two tabs, shared generation settings, and the events wired to web/handlers.py.
 
-Only layout and wiring live here. Every event that runs the model shares one concurrency
-slot ("model"): the model has one KV cache per device, so users beyond the first wait
-in Gradio's queue and see their position in it.
+Only layout and wiring live here. Events that run the model hand their request to the
+Scheduler shared with the HTTP API, which answers them in turn; a waiting user sees their
+place in its queue under the chat.
 """
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from language.chat import ChatModel
 from language.sampling import SamplingSettings
+from serving.scheduler import Scheduler
 from web import handlers
 from web.handlers import Session
 from web.i18n import I18N as t
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-MODEL_SLOT = {"concurrency_limit": 1, "concurrency_id": "model"}
+MODEL_SLOT = {"concurrency_limit": None}  # the Scheduler queues; Gradio only waits on it
 LAUNCH_OPTIONS = {"i18n": t, "footer_links": ["api"]}  # every launch() of this UI passes these
 
 
@@ -64,9 +64,11 @@ def _wire(panel: ChatPanel, ask, settings: list, api_name: str, more_events=(), 
                       [*also_clear, panel.session, panel.chat, panel.stats], cancels=events, api_name=False)
 
 
-def build_ui(model: ChatModel, defaults: SamplingSettings = SamplingSettings()) -> gr.Blocks:
+def build_ui(scheduler: Scheduler, defaults: SamplingSettings = SamplingSettings()) -> gr.Blocks:
+    model = scheduler.model
+
     def ask(question, session, *settings):
-        for reply in handlers.answer(model, session, question, handlers.settings_from(*settings)):
+        for reply in handlers.answer(scheduler, session, question, handlers.settings_from(*settings)):
             yield "", session, reply.messages, reply.stats
 
     def upload(payload, describe, *settings):
@@ -75,7 +77,8 @@ def build_ui(model: ChatModel, defaults: SamplingSettings = SamplingSettings()) 
         session, stats = handlers.new_image(model, payload["path"] if payload else None)
         yield session, session.messages, stats
         if describe and session.image is not None:
-            for reply in handlers.answer(model, session, handlers.DESCRIBE_PROMPT, handlers.settings_from(*settings)):
+            for reply in handlers.answer(scheduler, session, handlers.DESCRIBE_PROMPT,
+                                         handlers.settings_from(*settings)):
                 yield session, reply.messages, reply.stats
 
     with gr.Blocks(title="VisualGLM-TPU chat") as demo:

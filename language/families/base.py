@@ -30,11 +30,12 @@ class Family(Protocol):
     name: str
     stop_ids: frozenset[int]
 
-    def encode(self, history: list[Turn], question: str, image_tokens: int = 0) -> Prompt:
+    def encode(self, history: list[Turn], question: str, image_tokens: int = 0, system: str | None = None) -> Prompt:
         """The prompt for `question` after `history`, ready for the answer to follow.
 
         With image_tokens > 0 the prompt reserves that many placeholder rows for the image,
-        at the place the family's format puts it.
+        at the place the family's format puts it. `system` replaces the family's default
+        system prompt where its format has one.
         """
 
     def prefill_positions(self, length: int, width: int) -> np.ndarray:

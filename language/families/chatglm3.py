@@ -67,13 +67,14 @@ class Chatglm3Family:
     def _message(self, role_id: int, content: str, metadata: str = "") -> list[int]:
         return [role_id] + self._encode(metadata + "\n") + self._encode(content)
 
-    def encode(self, history: list[Turn], question: str, image_tokens: int = 0) -> Prompt:
+    def encode(self, history: list[Turn], question: str, image_tokens: int = 0, system: str | None = None) -> Prompt:
         if image_tokens:
             raise ValueError("ChatGLM3 is a text-only model: it has no place for image rows "
                              f"(asked for {image_tokens})")
         ids = [GMASK_ID, SOP_ID]
-        if self.system:
-            ids += self._message(SYSTEM_ID, self.system)
+        system = self.system if system is None else system
+        if system:
+            ids += self._message(SYSTEM_ID, system)
         for turn in history:
             ids += self._message(USER_ID, turn.question) + self._message(ASSISTANT_ID, turn.answer)
         ids += self._message(USER_ID, question) + [ASSISTANT_ID]

@@ -87,14 +87,17 @@ class GlmFamily:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
-    def render(self, history: list[Turn], question: str) -> str:
-        """The conversation as text, without the image and the special tokens."""
+    def render(self, history: list[Turn], question: str, system: str | None = None) -> str:
+        """The conversation as text, without the image and the special tokens.
+
+        GLM v1 has no system role: a system prompt is a plain first line, before the rounds."""
         q, a = ("问：", "答：") if is_chinese(question) else ("Q:", "A:")
-        text = "".join(f"{q}{turn.question}\n{a}{turn.answer}\n" for turn in history)
+        text = f"{system}\n" if system else ""
+        text += "".join(f"{q}{turn.question}\n{a}{turn.answer}\n" for turn in history)
         return text + f"{q}{question}\n{a}"
 
-    def encode(self, history: list[Turn], question: str, image_tokens: int = 0) -> Prompt:
-        text = self.render(history, question)
+    def encode(self, history: list[Turn], question: str, image_tokens: int = 0, system: str | None = None) -> Prompt:
+        text = self.render(history, question, system)
         tail = [self.gmask_id, self.sop_id]
         if not image_tokens:
             return Prompt(self._encode(text) + tail)

@@ -22,13 +22,13 @@ class LlamaFamily:
         stops.discard(None)
         self.stop_ids = frozenset(stops)
 
-    def encode(self, history: list[Turn], question: str, image_tokens: int = 0) -> Prompt:
+    def encode(self, history: list[Turn], question: str, image_tokens: int = 0, system: str | None = None) -> Prompt:
         """The chat template; an image goes at the start of the latest user message, then a newline.
 
         The latest, not the first: the question then sits right after the picture, as in
         training, whatever came before (measured on the default model: yes/no follow-ups after
         one turn were answered "yes" every time with the picture in the first message)."""
-        messages = []
+        messages = [] if system is None else [{"role": "system", "content": system}]
         for turn in history:
             messages += [{"role": "user", "content": turn.question},
                          {"role": "assistant", "content": turn.answer}]
