@@ -25,7 +25,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     web.add_argument("--port", type=int, default=7860)
     web.add_argument("--share", action="store_true", help="also ask Gradio for a public share link")
     web.add_argument("--auth", metavar="USER:PASSWORD", help="require this login")
-    web.add_argument("--queue-size", type=int, default=32, help="requests that may wait for the model")
+    web.add_argument("--queue-size", type=int, default=32, help="requests that may wait for a free slot")
+    web.add_argument("--slots", type=int, default=None,
+                     help="answers generated at once, each with its own KV cache (default: up to 4 on a CPU, "
+                          "as free memory allows; 1 on a TPU)")
     web.add_argument("--max-upload-mb", type=int, default=20)
     api = parser.add_argument_group("HTTP API (/v1 and POST /)")
     api.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
@@ -36,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.auth and ":" not in args.auth:
         parser.error("--auth takes USER:PASSWORD")
+    if args.slots is not None and args.slots < 1:
+        parser.error("--slots takes a number of at least 1")
     return args
 
 
@@ -53,20 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         if not share:
             print(f"No share link: {why}. The app keeps serving locally.", file=sys.stderr)
     serve(model, defaults, host=args.host, port=args.port, share=share, auth=args.auth, queue_size=args.queue_size,
-          max_upload_mb=args.max_upload_mb, api_key=args.api_key, allow_image_urls=args.allow_image_urls)
+          slots=args.slots, max_upload_mb=args.max_upload_mb, api_key=args.api_key,
+          allow_image_urls=args.allow_image_urls)
     return 0
 
 
 def serve(model, defaults, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          auth: str | None = None, queue_size: int = 32, max_upload_mb: int = 20, api_key: str | None = None,
-          allow_image_urls: bool = False, block: bool = True):
+          auth: str | None = None, queue_size: int = 32, slots: int | None = None, max_upload_mb: int = 20,
+          api_key: str | None = None, allow_image_urls: bool = False, block: bool = True):
     """Page and API on one server, sharing one Scheduler. Returns the running Blocks."""
     from api.options import ApiOptions
     from api.routes import api_routes
     from serving.scheduler import Scheduler
     from web.ui import LAUNCH_OPTIONS, build_ui
 
-    scheduler = Scheduler(model, max_waiting=queue_size)
+    scheduler = Scheduler(model, max_waiting=queue_size, slots=slots)
     options = ApiOptions(defaults, api_key, allow_image_urls, max_body_mb=max_upload_mb * 4 // 3 + 1)  # base64
     demo = build_ui(scheduler, defaults)
     demo.queue(max_size=queue_size)

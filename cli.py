@@ -20,6 +20,7 @@ from language.generate import ContextOverflow  # noqa: E402
 from language.sampling import SamplingSettings  # noqa: E402
 from models.catalog import DEFAULT_MODEL, DEFAULT_SEQ_LEN  # noqa: E402
 from runtime import BACKENDS, BMODEL_BACKENDS  # noqa: E402
+from serving.scheduler import Scheduler  # noqa: E402
 from vision.preprocess import ImageError, load_image  # noqa: E402
 
 EXIT_WORDS = {"exit", "quit", "退出"}
@@ -132,10 +133,10 @@ def stats_line(done: Done) -> str:
     return "  [" + ", ".join([f"{done.prompt_tokens} prompt tokens", *done.figures()]) + "]"
 
 
-def answer(question: str, chat: Conversation, model: ChatModel, settings: SamplingSettings, out: TextIO) -> None:
+def answer(question: str, chat: Conversation, scheduler: Scheduler, settings: SamplingSettings, out: TextIO) -> None:
     print("Answer: ", end="", file=out, flush=True)
     try:
-        with closing(model.stream(chat.history, question, settings, chat.image)) as events:  # Ctrl-C frees the model
+        with closing(scheduler.stream(chat.history, question, settings, chat.image)) as events:  # Ctrl-C frees it
             for event in events:
                 if isinstance(event, TextDelta):
                     print(event.text, end="", file=out, flush=True)
@@ -152,7 +153,7 @@ def answer(question: str, chat: Conversation, model: ChatModel, settings: Sampli
 
 def chat_loop(model: ChatModel, settings: SamplingSettings, image_path: str | None = None,
               stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
-    chat = Conversation()
+    chat, scheduler = Conversation(), Scheduler(model, slots=1)  # the one owner of the model, as in the web app
     sees = " It can look at pictures." if model.vision else ""
     print(f"{model.name} on {model.runs_on}: context {model.context_length} tokens.{sees} {HELP}", file=out)
     if image_path:
@@ -167,7 +168,7 @@ def chat_loop(model: ChatModel, settings: SamplingSettings, image_path: str | No
         if line.lower() in EXIT_WORDS:
             return
         if line and not run_command(line, chat, model, out):
-            answer(line, chat, model, settings, out)
+            answer(line, chat, scheduler, settings, out)
 
 
 def main(argv: list[str] | None = None) -> int:

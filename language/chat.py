@@ -1,11 +1,11 @@
 """A conversation turn end to end: fit the prompt, generate, stream text, measure.
 
-`ChatModel` is what the CLI, the web app and the benchmark talk to. It serialises
-generations on its device (one KV cache) and reports each answer's timings.
+`ChatModel` answers one turn on one of its generator's KV slots and reports the answer's
+timings. One thread drives it: the Scheduler (serving/scheduler.py) when many users share
+it, which may interleave answers on different slots step by step.
 """
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ from typing import Iterator
 from PIL import Image
 
 from language.families.base import Family, Prompt, Turn
-from language.generate import ContextOverflow, Generator, ImageRows
+from language.generate import ContextOverflow, ImageRows, TokenGenerator
 from language.sampling import Sampler, SamplingSettings
 from language.streaming import StopAt, TextStream
 from vision.encoder import VisionEncoder
@@ -60,11 +60,10 @@ Event = TextDelta | Notice | Done
 
 
 class ChatModel:
-    def __init__(self, generator: Generator, family: Family, tokenizer, name: str = "model",
+    def __init__(self, generator: TokenGenerator, family: Family, tokenizer, name: str = "model",
                  vision: VisionEncoder | None = None):
         self.generator, self.family, self.tokenizer, self.name = generator, family, tokenizer, name
         self.vision = vision
-        self._lock = threading.Lock()
 
     @property
     def runs_on(self) -> str:
@@ -94,7 +93,7 @@ class ChatModel:
 
     def stream(self, history: list[Turn], question: str, settings: SamplingSettings,
                image: Image.Image | None = None, *, system: str | None = None,
-               stop: tuple[str, ...] = ()) -> Iterator[Event]:
+               stop: tuple[str, ...] = (), slot: int = 0) -> Iterator[Event]:
         """Answer `question` after `history`, about `image` if one is given (an upright RGB
         picture from vision.preprocess.load_image).
 
@@ -110,31 +109,29 @@ class ChatModel:
         if dropped:
             yield Notice(f"The conversation was longer than the model's context of {self.context_length} "
                          f"tokens: the oldest {dropped} turn(s) were left out of this answer.")
-        sampling_notice = getattr(self.generator, "notice", None)  # e.g. a head that picks tokens on the chip
-        if sampling_notice and settings.temperature > 0:
-            yield Notice(sampling_notice)
+        if self.generator.notice and settings.temperature > 0:  # e.g. a head that picks tokens on the chip
+            yield Notice(self.generator.notice)
         text = StopAt(TextStream(self.tokenizer), stop)
         first_token_s, count, vision_s, cached = 0.0, 0, 0.0, False
-        with self._lock:
-            rows = None
-            if image is not None:
-                vision_start = time.perf_counter()
-                embeds, cached = self.vision.encode(image)
-                vision_s = 0.0 if cached else time.perf_counter() - vision_start
-                rows = ImageRows(embeds, prompt.image_start)
-            tokens = self.generator.generate(prompt.ids, Sampler(settings), settings.max_new_tokens, rows)
-            with closing(tokens):
-                for token in tokens:
-                    count += 1
-                    if count == 1:
-                        first_token_s = time.perf_counter() - start
-                        first_at = time.perf_counter()
-                    delta = text.push(token)
-                    if delta:
-                        yield TextDelta(delta)
-                    if text.stopped:
-                        break
-            finish = "stop" if text.stopped else self.generator.finish_reason
+        rows = None
+        if image is not None:
+            vision_start = time.perf_counter()
+            embeds, cached = self.vision.encode(image)
+            vision_s = 0.0 if cached else time.perf_counter() - vision_start
+            rows = ImageRows(embeds, prompt.image_start)
+        tokens = self.generator.generate(prompt.ids, Sampler(settings), settings.max_new_tokens, rows, slot)
+        with closing(tokens):  # the image rows are used by the first step, before anything is yielded
+            for token in tokens:
+                count += 1
+                if count == 1:
+                    first_token_s = time.perf_counter() - start
+                    first_at = time.perf_counter()
+                delta = text.push(token)
+                if delta:
+                    yield TextDelta(delta)
+                if text.stopped:
+                    break
+        finish = "stop" if text.stopped else tokens.finish_reason
         tail = text.flush()
         if tail:
             yield TextDelta(tail)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Generator as Steps, Protocol
 
 import numpy as np
 
@@ -34,6 +34,64 @@ class ImageRows:
 
 class ContextOverflow(ValueError):
     """The prompt does not fit the model's context."""
+
+
+class Generation:
+    """One answer's token ids as they come, and why they ended: "stop", "length" or "context"."""
+
+    def __init__(self, steps: Steps[int, None, str]):
+        self._steps, self.finish_reason = steps, ""
+
+    def __iter__(self) -> "Generation":
+        return self
+
+    def __next__(self) -> int:
+        try:
+            return next(self._steps)
+        except StopIteration as end:
+            self.finish_reason = end.value
+            raise
+
+    def close(self) -> None:
+        self._steps.close()
+
+
+class TokenGenerator(Protocol):
+    """What ChatModel and the Scheduler need of a generation loop (Generator, ShiftedGenerator)."""
+    family: Family
+    backend: Backend
+    slots: int  # KV caches it holds: generations on different slots may interleave step by step
+    notice: str | None  # what users should know about its sampling, if anything
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def prompt_limit(self) -> int: ...
+
+    def open_slots(self, wanted: int) -> int:
+        """Hold at least `wanted` KV caches (each allocated on first use); returns how many of them
+        the caller may use (slots 0 to that number - 1)."""
+
+    def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int, image: ImageRows | None = None,
+                 slot: int = 0) -> Generation: ...
+
+
+def sample_tokens(logits: np.ndarray, pick: Callable[[np.ndarray, np.ndarray], int],
+                  decode: Callable[[int], np.ndarray], has_room: Callable[[], bool], max_new_tokens: int,
+                  stop_ids: frozenset[int], seen: np.ndarray) -> Steps[int, None, str]:
+    """The loop every generator shares: pick a token, stop or yield it, decode it."""
+    for step in range(max_new_tokens):
+        token = pick(logits, seen)
+        if token in stop_ids:
+            return "stop"
+        yield token
+        if not has_room():
+            return "context"
+        if step + 1 < max_new_tokens:
+            seen = np.append(seen, token)
+            logits = decode(token)
+    return "length"
 
 
 def count_layers(nets: dict[str, NetSpec]) -> int:
@@ -90,6 +148,15 @@ def prefill_widths(nets: dict[str, NetSpec], layers: int, host_embedding: bool) 
 
 
 @dataclass
+class KvSlot:
+    """One conversation's place in the backend: a K and a V cache per layer, and how full."""
+    k: list[Tensor]
+    v: list[Tensor]
+    filled: int = 0  # positions held
+    prompt_length: int = 0
+
+
+@dataclass
 class _PrefillBuffers:
     """The tensors of one prefill width, kept for the next prompt of that width."""
     hidden: list[Tensor]
@@ -99,13 +166,17 @@ class _PrefillBuffers:
 
 
 class Generator:
-    """Owns the KV cache of one device; one generation at a time.
+    """Owns `slots` KV caches on one device (one until open_slots() asks for more; each is
+    allocated on first use). Calls are made from one thread at a time; between calls,
+    generations on different slots may take turns step by step.
 
     `embedding_table`: the model's host embedding table (language/embedding.py), for models
     compiled without the embedding nets; None runs the nets."""
 
+    notice = None
+
     def __init__(self, backend: Backend, family: Family, embedding_table: np.ndarray | None = None):
-        self.backend, self.family = backend, family
+        self.backend, self.family, self.slots = backend, family, 1
         self.nets = backend.nets()
         self.layout = NetLayout.read(self.nets, host_embedding=embedding_table is not None)
         b, block = backend, self.nets["block_cache_0"]
@@ -117,20 +188,36 @@ class Generator:
             check_table(embedding_table, self.layout.hidden_size, block.inputs[0].dtype)
             self.embedding = HostEmbedding(backend, embedding_table)
         self.row = int(np.prod(cache_spec.shape[2:]))  # elements of one cached position
-        self.cache_k = [b.alloc(cache_spec.shape, cache_spec.dtype) for _ in range(self.layout.num_layers)]
-        self.cache_v = [b.alloc(cache_spec.shape, cache_spec.dtype) for _ in range(self.layout.num_layers)]
+        self._cache_spec = cache_spec
+        self._slots: dict[int, KvSlot] = {}
         self._hidden = [self._alloc(block.inputs[0]) for _ in range(2)]
         self._position = self._alloc(block.inputs[1])
         self._mask = self._alloc(block.inputs[2])
         self._present = [self._alloc(block.outputs[i]) for i in (1, 2)]
         self._logits = self._alloc(self.nets["lm_head"].outputs[0])
         self._prefill_buffers: dict[int, _PrefillBuffers] = {}
-        self.filled = 0  # positions held in the cache
-        self.prompt_length = 0
-        self.finish_reason = ""  # why the last generate() ended: "stop", "length" or "context"
 
     def _alloc(self, spec: TensorSpec, width: int | None = None) -> Tensor:
         return self.backend.alloc(tuple(width if d is None else d for d in spec.shape), spec.dtype)
+
+    @property
+    def slot_bytes(self) -> int:
+        """The memory one KV slot takes in the backend."""
+        spec = self._cache_spec
+        return 2 * self.layout.num_layers * int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+
+    def open_slots(self, wanted: int) -> int:
+        self.slots = max(self.slots, wanted)  # never fewer: another user of this generator may hold them
+        return max(1, wanted)
+
+    def slot(self, index: int = 0) -> KvSlot:
+        if not 0 <= index < self.slots:
+            raise ValueError(f"there is no KV slot {index}: this generator holds {self.slots}")
+        if index not in self._slots:
+            spec, layers = self._cache_spec, range(self.layout.num_layers)
+            self._slots[index] = KvSlot([self.backend.alloc(spec.shape, spec.dtype) for _ in layers],
+                                        [self.backend.alloc(spec.shape, spec.dtype) for _ in layers])
+        return self._slots[index]
 
     @property
     def context_length(self) -> int:
@@ -166,14 +253,14 @@ class Generator:
         widths = self.layout.prefill_widths
         return bucket_net(f"block_{layer}", width, widths[-1]) if widths else f"block_{layer}"
 
-    def prefill(self, ids: list[int], image: ImageRows | None = None) -> np.ndarray:
+    def prefill(self, ids: list[int], image: ImageRows | None = None, slot: int = 0) -> np.ndarray:
         """Run the prompt through every layer, fill the cache; returns next-token logits.
 
         The prompt runs through the narrowest prefill nets that take it. With an image, its
         prefix embeddings (a tensor already in the backend) overwrite the placeholder rows of
         the embedding output: one backend copy, then the blocks run.
         """
-        b, length = self.backend, len(ids)
+        b, length, kv = self.backend, len(ids), self.slot(slot)
         if not 0 < length <= self.prompt_limit:
             raise ContextOverflow(f"a prompt of {length} tokens does not fit the model's context of "
                                   f"{self.prompt_limit} tokens")
@@ -187,12 +274,12 @@ class Generator:
             self._splice(hidden[0], image, length)
         for i in range(self.layout.num_layers):
             b.run(self._block(i, width), [hidden[0], buffers.positions, buffers.mask], [hidden[1], *past])
-            b.copy(self.cache_k[i], past[0], length * self.row)
-            b.copy(self.cache_v[i], past[1], length * self.row)
+            b.copy(kv.k[i], past[0], length * self.row)
+            b.copy(kv.v[i], past[1], length * self.row)
             hidden.reverse()
         h = self.layout.hidden_size
         b.copy(self._hidden[0], hidden[0], h, src_offset=(length - 1) * h)
-        self.filled = self.prompt_length = length
+        kv.filled = kv.prompt_length = length
         return self._head(self._hidden[0])
 
     def _splice(self, hidden, image: ImageRows, length: int) -> None:
@@ -207,46 +294,40 @@ class Generator:
             raise ValueError(f"image rows {image.start}..{image.start + rows} fall outside the {length}-token prompt")
         self.backend.copy(hidden, image.embeds, rows * h, dst_offset=image.start * h)
 
-    def decode(self, token: int) -> np.ndarray:
-        """Feed one token at the next position; returns the logits after it."""
-        if self.filled >= self.layout.cache_length:
+    def decode(self, token: int, slot: int = 0) -> np.ndarray:
+        """Feed one token at the slot's next position; returns the logits after it."""
+        kv = self.slot(slot)
+        if kv.filled >= self.layout.cache_length:
             raise ContextOverflow("the KV cache is full")
         b, hidden = self.backend, self._hidden
-        b.write(self._position, self.family.decode_position(self.filled, self.prompt_length))
-        b.write(self._mask, self.family.decode_mask(self.filled, self.layout.cache_length))
+        b.write(self._position, self.family.decode_position(kv.filled, kv.prompt_length))
+        b.write(self._mask, self.family.decode_mask(kv.filled, self.layout.cache_length))
         self.embedding.decode(token, hidden[0])
-        offset = self.filled * self.row
+        offset = kv.filled * self.row
         for i in range(self.layout.num_layers):
-            b.run(f"block_cache_{i}", [hidden[0], self._position, self._mask, self.cache_k[i], self.cache_v[i]],
+            b.run(f"block_cache_{i}", [hidden[0], self._position, self._mask, kv.k[i], kv.v[i]],
                   [hidden[1], *self._present])
-            b.copy(self.cache_k[i], self._present[0], self.row, dst_offset=offset)
-            b.copy(self.cache_v[i], self._present[1], self.row, dst_offset=offset)
+            b.copy(kv.k[i], self._present[0], self.row, dst_offset=offset)
+            b.copy(kv.v[i], self._present[1], self.row, dst_offset=offset)
             hidden.reverse()
-        self.filled += 1
+        kv.filled += 1
         return self._head(hidden[0])
 
     def _head(self, last_hidden) -> np.ndarray:
         self.backend.run("lm_head", [last_hidden], [self._logits])
         return self.backend.read(self._logits).reshape(-1)
 
-    def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int,
-                 image: ImageRows | None = None) -> Iterator[int]:
-        """Yield new token ids until a stop token, max_new_tokens, or a full context."""
-        self.finish_reason = ""
-        logits = self.prefill(ids, image)
+    def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int, image: ImageRows | None = None,
+                 slot: int = 0) -> Generation:
+        """New token ids until a stop token, max_new_tokens, or a full context."""
+        return Generation(self._generate(ids, sampler, max_new_tokens, image, slot))
+
+    def _generate(self, ids, sampler, max_new_tokens, image, slot) -> Steps[int, None, str]:
+        logits = self.prefill(ids, image, slot)
         seen = np.asarray(ids, dtype=np.int64)
         if image is not None:  # placeholder ids are not text the answer could repeat
             seen = np.delete(seen, np.s_[image.start:image.start + image.embeds.shape[1]])
-        for step in range(max_new_tokens):
-            token = sampler(logits, seen)
-            if token in self.family.stop_ids:
-                self.finish_reason = "stop"
-                return
-            yield token
-            if self.filled >= self.layout.cache_length:
-                self.finish_reason = "context"
-                return
-            if step + 1 < max_new_tokens:
-                seen = np.append(seen, token)
-                logits = self.decode(token)
-        self.finish_reason = "length"
+        kv = self.slot(slot)
+        return (yield from sample_tokens(logits, sampler, lambda token: self.decode(token, slot),
+                                         lambda: kv.filled < self.layout.cache_length, max_new_tokens,
+                                         self.family.stop_ids, seen))

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Generator as Steps
 
 import numpy as np
 
 from language.families.base import MASKED, Family
-from language.generate import ContextOverflow, Generator, ImageRows, count_layers
+from language.generate import (ContextOverflow, Generation, Generator, ImageRows, TokenGenerator, count_layers,
+                               sample_tokens)
 from language.sampling import Sampler
 from runtime.backend import Backend, ModelFileError, NetSpec
 
@@ -89,7 +90,7 @@ def detect_layout(nets: dict[str, NetSpec]) -> NetsLayout:
     return NetsLayout(cache, bool(np.issubdtype(head.dtype, np.integer)))
 
 
-def make_generator(backend: Backend, family: Family, embedding_table: np.ndarray | None = None):
+def make_generator(backend: Backend, family: Family, embedding_table: np.ndarray | None = None) -> TokenGenerator:
     """The generation loop the backend's nets need: Generator or ShiftedGenerator.
     `embedding_table`: the model's host embedding table, if it has one instead of the nets."""
     layout = detect_layout(backend.nets())
@@ -111,7 +112,9 @@ def _resolve(shape: tuple[int | None, ...], width: int) -> tuple[int, ...]:
 
 class ShiftedGenerator:
     """Owns the KV cache of one device for right-aligned, shifted-cache nets; one generation at a
-    time. Same surface as language.generate.Generator (what ChatModel uses)."""
+    time (one slot). A TokenGenerator, like language.generate.Generator."""
+
+    slots = 1
 
     def __init__(self, backend: Backend, family: Family):
         self.backend, self.family = backend, family
@@ -151,8 +154,13 @@ class ShiftedGenerator:
         self._head_out = self._alloc("lm_head", "outputs", 0)
         self.filled = 0  # positions held in the cache
         self.prompt_length = 0
-        self.finish_reason = ""  # why the last generate() ended: "stop", "length" or "context"
         self._noticed = False
+
+    def open_slots(self, wanted: int) -> int:
+        """Sophgo's prebuilt layout holds one KV cache: always 1."""
+        if wanted > 1:
+            log.warning("Sophgo's prebuilt layout holds one KV cache: one conversation is answered at a time")
+        return 1
 
     def _alloc(self, net: str, side: str, index: int, width: int = 1):
         spec = getattr(self.nets[net], side)[index]
@@ -255,31 +263,24 @@ class ShiftedGenerator:
 
     # ------------------------------------------------------------------ the loop
 
-    def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int,
-                 image: ImageRows | None = None) -> Iterator[int]:
-        """Yield new token ids until a stop token, max_new_tokens, or a full context."""
+    def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int, image: ImageRows | None = None,
+                 slot: int = 0) -> Generation:
+        """New token ids until a stop token, max_new_tokens, or a full context."""
         self._no_image(image)
-        self.finish_reason = ""
+        if slot != 0:
+            raise ValueError("Sophgo's prebuilt layout holds one KV cache (slot 0)")
         if self.token_head:
             s = sampler.settings
             if (s.temperature != 0 or s.repetition_penalty != 1.0) and not self._noticed:
                 log.warning(GREEDY_NOTICE)
                 self._noticed = True
+        return Generation(self._generate(ids, sampler, max_new_tokens))
+
+    def _generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int) -> Steps[int, None, str]:
         out = self._prefill(ids)
-        seen = np.asarray(ids, dtype=np.int64)
-        for step in range(max_new_tokens):
-            token = int(out[0]) if self.token_head else sampler(out, seen)
-            if token in self.family.stop_ids:
-                self.finish_reason = "stop"
-                return
-            yield token
-            if self.filled >= self.cache_length:
-                self.finish_reason = "context"
-                return
-            if step + 1 < max_new_tokens:
-                seen = np.append(seen, token)
-                out = self._decode(token)
-        self.finish_reason = "length"
+        pick = (lambda scores, seen: int(scores[0])) if self.token_head else sampler
+        return (yield from sample_tokens(out, pick, self._decode, lambda: self.filled < self.cache_length,
+                                         max_new_tokens, self.family.stop_ids, np.asarray(ids, dtype=np.int64)))
 
 
 def right_aligned(mask: np.ndarray, filled: int, cache_length: int) -> np.ndarray:

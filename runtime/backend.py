@@ -52,6 +52,7 @@ class Tensor(Protocol):
 class Backend(Protocol):
     name: str
     device: str  # where the nets run, as users should read it ("CPU (ONNX Runtime)", "TPU 0 (sophon-sail)")
+    in_host_memory: bool  # its tensors live in the host's RAM (a CPU backend), not in device memory
 
     def nets(self) -> dict[str, NetSpec]:
         """Every net the model files provide, with their input and output specs."""

@@ -58,6 +58,7 @@ def _load_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessi
 class OnnxBackend:
     name = "onnx"
     device = "CPU (ONNX Runtime)"
+    in_host_memory = True
 
     def __init__(self, model_dir: Path, threads: int | None = None):
         self.model_dir = Path(model_dir)

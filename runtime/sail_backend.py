@@ -57,6 +57,7 @@ class SailTensor:
 
 class SailBackend:
     name = "sail"
+    in_host_memory = False
 
     def __init__(self, bmodel: Path, dev_id: int = 0, sail: ModuleType | None = None):
         self.bmodel = Path(bmodel)

@@ -1,13 +1,17 @@
-"""The one owner of the model: a worker thread answers queued requests, one at a time.
+"""The one owner of the model: a worker thread answers queued requests on the KV slots.
 
 The web page, the HTTP API and anything else that serves several users submit requests
-here instead of calling the ChatModel themselves. Nothing holds a lock while a front end
-waits on its client: a request's events travel through its own queue, and closing the
-event stream (Stop pressed, client gone) cancels the request, which frees the model at
-the next token, or drops it from the queue if it has not started.
+here instead of calling the ChatModel themselves. Each running request holds one of the
+generator's KV slots; the worker steps the running answers in turn, a token or so each, so
+that every user's answer streams. Requests beyond the slots wait in a bounded queue and
+are told their place. Nothing holds a lock while a front end waits on its client: a
+request's events travel through its own queue, and closing the event stream (Stop pressed,
+client gone) cancels the request, which frees its slot at its next turn, or drops it from
+the queue if it has not started.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import deque
@@ -24,7 +28,8 @@ from language.sampling import SamplingSettings
 
 @dataclass(frozen=True)
 class Waiting:
-    """An event before the answer starts: how many requests are ahead of this one."""
+    """An event before the answer starts: how many queued requests will start before this one
+    (0: it starts when the next slot frees)."""
     ahead: int
 
 
@@ -68,11 +73,33 @@ class Ticket:
         self._scheduler._forget(self)
 
 
+@dataclass(eq=False)
+class _Running:
+    ticket: Ticket
+    events: Iterator[Event]
+    slot: int
+
+
+def default_slots(model: ChatModel, most: int = 4, share_of_free_memory: float = 0.1) -> int:
+    """KV slots to open when none are asked for. On a CPU: up to `most`, as long as they take at
+    most `share_of_free_memory` of the RAM still free. On a TPU: 1, since every slot is another
+    KV cache in device memory that the compile report did not budget for (ask with --slots)."""
+    generator = model.generator
+    if not generator.backend.in_host_memory:
+        return 1
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(1, min(most, int(free * share_of_free_memory) // max(1, generator.slot_bytes)))
+
+
 class Scheduler:
-    def __init__(self, model: ChatModel, max_waiting: int = 32):
+    """`slots`: answers in progress at once, each on its own KV cache (default: default_slots)."""
+
+    def __init__(self, model: ChatModel, max_waiting: int = 32, slots: int | None = None):
         self.model, self.max_waiting = model, max_waiting
+        self.slots = model.generator.open_slots(slots or default_slots(model))
         self._waiting: deque[Ticket] = deque()
-        self._busy = False
+        self._free = list(range(self.slots))
+        self._running: list[_Running] = []
         self._changed = threading.Condition()
         threading.Thread(target=self._serve, name="model-scheduler", daemon=True).start()
 
@@ -83,10 +110,9 @@ class Scheduler:
                 raise QueueFull(f"The server is busy: {len(self._waiting)} requests are already waiting. "
                                 "Please try again in a moment.")
             ticket = Ticket(request, self)
-            ahead = len(self._waiting) + self._busy
+            if self._waiting or not self._free:
+                ticket._events.put(Waiting(len(self._waiting)))
             self._waiting.append(ticket)
-            if ahead:
-                ticket._events.put(Waiting(ahead))
             self._changed.notify()
         return ticket
 
@@ -108,29 +134,48 @@ class Scheduler:
                 self._tell_positions()
 
     def _tell_positions(self) -> None:
-        for ahead, ticket in enumerate(self._waiting, start=1 if self._busy else 0):
+        for ahead, ticket in enumerate(self._waiting):
             ticket._events.put(Waiting(ahead))
 
     def _serve(self) -> None:
         while True:
             with self._changed:
-                self._busy = False
-                while not self._waiting:
+                while not self._waiting and not self._running:
                     self._changed.wait()
-                ticket = self._waiting.popleft()
-                self._busy = True
-                self._tell_positions()
-            self._answer(ticket)
+                for run in [r for r in self._running if r.ticket.cancelled.is_set()]:
+                    self._finish(run)
+                self._admit()
+            for run in list(self._running):
+                self._step(run)
 
-    def _answer(self, ticket: Ticket) -> None:
-        r = ticket.request
+    def _admit(self) -> None:
+        """Start waiting requests on free slots (called with the lock held)."""
+        if not (self._waiting and self._free):
+            return
+        while self._waiting and self._free:
+            ticket, slot = self._waiting.popleft(), self._free.pop()
+            r = ticket.request
+            events = self.model.stream(r.history, r.question, r.settings, r.image, system=r.system, stop=r.stop,
+                                       slot=slot)
+            self._running.insert(0, _Running(ticket, events, slot))  # a new answer's prefill goes first
+        self._tell_positions()
+
+    def _step(self, run: _Running) -> None:
+        """Advance one answer by its next event; finish it when it ends, fails or is cancelled."""
         try:
-            with closing(self.model.stream(r.history, r.question, r.settings, r.image,
-                                           system=r.system, stop=r.stop)) as events:
-                for event in events:
-                    if ticket.cancelled.is_set():
-                        break
-                    ticket._events.put(event)
+            if not run.ticket.cancelled.is_set():
+                run.ticket._events.put(next(run.events))
+                return
+        except StopIteration:
+            pass
         except Exception as exc:  # the request's failure, raised in its own stream; the worker lives on
-            ticket._events.put(exc)
-        ticket._events.put(_END)
+            run.ticket._events.put(exc)
+        with self._changed:
+            self._finish(run)
+
+    def _finish(self, run: _Running) -> None:
+        """Close an answer and free its slot (called with the lock held)."""
+        run.events.close()
+        run.ticket._events.put(_END)
+        self._running.remove(run)
+        self._free.append(run.slot)

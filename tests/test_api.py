@@ -69,8 +69,8 @@ def slow_model(model, monkeypatch, seconds_per_token=0.05):
     steps = []
     decode = model.generator.decode
     with monkeypatch.context() as patch:
-        patch.setattr(model.generator, "decode", lambda token: (steps.append(1), time.sleep(seconds_per_token),
-                                                                decode(token))[2])
+        patch.setattr(model.generator, "decode", lambda token, slot=0: (steps.append(1), time.sleep(seconds_per_token),
+                                                                decode(token, slot))[2])
         patch.setattr(model.family, "stop_ids", frozenset())
         yield steps
 
@@ -242,7 +242,7 @@ def test_an_oversized_body_is_a_413(tiny_seeing):
 
 def test_a_full_queue_is_a_503_with_retry_after(tiny_seeing, monkeypatch):
     port = free_port()
-    demo = serve(tiny_seeing[0], GREEDY, port=port, queue_size=1, block=False)
+    demo = serve(tiny_seeing[0], GREEDY, port=port, queue_size=1, slots=1, block=False)
     url = f"http://127.0.0.1:{port}/"
     try:
         with slow_model(tiny_seeing[0], monkeypatch):

@@ -58,7 +58,7 @@ def test_generation_stops_when_the_context_is_full(tiny_model, monkeypatch):
     question = "word " * 60
     done = tiny_model.reply([], question, SamplingSettings(max_new_tokens=500))
     assert done.finish_reason == "context"
-    assert tiny_model.generator.filled == TINY_SEQ
+    assert tiny_model.generator.slot(0).filled == TINY_SEQ
     assert done.prompt_tokens + done.new_tokens == TINY_SEQ + 1  # the last token needs no cache row
 
 
@@ -67,3 +67,13 @@ def test_an_abandoned_stream_frees_the_model(tiny_model):
     next(e for e in events if isinstance(e, TextDelta))
     events.close()  # a user pressing Stop
     assert tiny_model.reply([], "Hello again", SHORT).new_tokens == 8
+
+
+def test_a_system_prompt_goes_where_the_chat_template_puts_it(tiny_model):
+    family = tiny_model.family
+    plain, told = family.encode([], "Hello"), family.encode([], "Hello", system="Answer in French.")
+    text = family.tokenizer.decode(told.ids)
+    assert "Answer in French." in text and text.index("Answer in French.") < text.index("Hello")
+    assert "Answer in French." not in family.tokenizer.decode(plain.ids)
+    with_image = family.encode([], "Hello", image_tokens=4, system="Answer in French.")
+    assert with_image.image_start > len(family.tokenizer.encode("Answer in French.", add_special_tokens=False))

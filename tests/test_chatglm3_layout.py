@@ -75,8 +75,14 @@ def test_prompt_layout_follows_build_chat_input(family, tokenizer):
     with_system = Chatglm3Family(tokenizer, system="Be brief.").encode([], "Hi").ids
     assert with_system[:3] == [64790, 64792, SYSTEM_ID] and SYSTEM_ID == 64794
     assert with_system[3:] == [*text("\n"), *text("Be brief."), 64795, *text("\n"), *text("Hi"), 64796]
+    assert family.encode([], "Hi", system="Be brief.").ids == with_system  # a request's system prompt
+    assert Chatglm3Family(tokenizer, system="Be brief.").encode([], "Hi", system="").ids == ids_without_system(text)
     assert family.stop_ids == {EOS_ID, USER_ID, OBSERVATION_ID} == {2, 64795, 64797}
     assert load_family("chatglm3", tokenizer).name == "chatglm3"
+
+
+def ids_without_system(text) -> list[int]:
+    return [64790, 64792, 64795, *text("\n"), *text("Hi"), 64796]
 
 
 def test_positions_masks_and_answers(family):
@@ -128,11 +134,12 @@ def test_greedy_tokens_match_the_reference(token_dir, family):
     assert isinstance(gen, ShiftedGenerator) and gen.token_head
     for history, question in CONVERSATIONS * 2:  # twice: a used cache must not leak into the next answer
         prompt = family.encode(history, question).ids
-        ours = list(gen.generate(prompt, Sampler(GREEDY), NEW_TOKENS))
+        generation = gen.generate(prompt, Sampler(GREEDY), NEW_TOKENS)
+        ours = list(generation)
         theirs, margins = greedy_reference(TINY_CHATGLM3, token_dir[1], prompt, NEW_TOKENS, family.stop_ids)
         assert len(ours) > 0 and ours == theirs
         assert min(margins) > 0.05  # each choice wins clearly: equality is not luck
-        assert gen.finish_reason == ("length" if len(ours) == NEW_TOKENS else "stop")
+        assert generation.finish_reason == ("length" if len(ours) == NEW_TOKENS else "stop")
 
 
 def test_logits_head_matches_the_reference_under_teacher_forcing(logits_dir, family):
@@ -170,10 +177,11 @@ def test_the_context_is_used_to_the_last_row_then_refused(token_dir, family, tok
     gen = _generator(token_dir[0], family)
     prompt = family.encode([], "x" * (SEQ - 7)).ids
     assert len(prompt) == SEQ - 2
-    ours = list(gen.generate(prompt, Sampler(GREEDY), NEW_TOKENS))
+    generation = gen.generate(prompt, Sampler(GREEDY), NEW_TOKENS)
+    ours = list(generation)
     theirs, _ = greedy_reference(TINY_CHATGLM3, token_dir[1], prompt, NEW_TOKENS, family.stop_ids, context=SEQ)
     assert ours == theirs and len(ours) == 3  # the last two rows of the cache, then the token after them
-    assert gen.finish_reason == "context" and gen.filled == SEQ
+    assert generation.finish_reason == "context" and gen.filled == SEQ
     with pytest.raises(ContextOverflow, match="full"):
         gen.decode(ours[-1])
     with pytest.raises(ContextOverflow, match=f"{SEQ + 1} tokens does not fit the model's context of {SEQ}"):

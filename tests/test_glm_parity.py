@@ -340,6 +340,9 @@ def test_prompt_layout(family, tokenizer):
     assert rows == [family.placeholder_id] * 32 == [tokenizer.unk_token_id] * 32
     assert seeing.ids[seeing.image_start + 32:] == enc("</img>Q:What colour?\nA:") + [GMASK_ID, SOP_ID]
     assert family.stop_ids == {EOP_ID}
+    # GLM v1 has no system role: a system prompt is a first line before the rounds, after the picture
+    told = family.encode([], "What colour?", image_tokens=32, system="Be brief.")
+    assert told.ids[told.image_start + 32:] == enc("</img>Be brief.\nQ:What colour?\nA:") + [GMASK_ID, SOP_ID]
 
 
 def test_positions_and_masks_small_example(family):

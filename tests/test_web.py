@@ -190,7 +190,7 @@ def test_cancelling_a_streaming_answer_frees_the_model_for_the_next_one(app, tin
 
     model = tiny_seeing[0]
     decode = model.generator.decode
-    monkeypatch.setattr(model.generator, "decode", lambda token: (time.sleep(0.05), decode(token))[1])
+    monkeypatch.setattr(model.generator, "decode", lambda token, slot=0: (time.sleep(0.05), decode(token, slot))[1])
     monkeypatch.setattr(model.family, "stop_ids", frozenset())  # only the cap or a cancel ends it
     c = client(app)
     job = c.submit("Tell me a long story.", 80, 0.0, 0.9, 40, 1.0, api_name="/text_chat")

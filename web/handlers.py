@@ -51,6 +51,11 @@ def settings_from(max_new_tokens: float, temperature: float, top_p: float, top_k
                             top_k=int(top_k), repetition_penalty=float(repetition_penalty))
 
 
+def waiting_text(waiting: Waiting) -> str:
+    ahead = "you are next" if waiting.ahead == 0 else f"{waiting.ahead} ahead of you"
+    return f"⏳ Every slot of the model is answering someone: {ahead}."
+
+
 def stats_text(done: Done) -> str:
     return " · ".join(done.figures())
 
@@ -108,7 +113,7 @@ def _answer(scheduler: Scheduler, session: Session, question: str, settings: Sam
         with closing(scheduler.stream(session.turns, question, settings, session.image)) as events:
             for event in events:
                 if isinstance(event, Waiting):
-                    yield Reply(shown, f"⏳ Waiting for the model: {event.ahead} ahead.")
+                    yield Reply(shown, waiting_text(event))
                 elif isinstance(event, TextDelta):
                     text += event.text
                     shown[-1] = {"role": "assistant", "content": text}
