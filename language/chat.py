@@ -59,6 +59,12 @@ class Done:
 Event = TextDelta | Notice | Done
 
 
+def valid_text(text: str) -> str:
+    """Text a tokenizer can take: lone surrogates (halves of a character, which any JSON client
+    can send) become U+FFFD; everything else is kept."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class ChatModel:
     def __init__(self, generator: TokenGenerator, family: Family, tokenizer, name: str = "model",
                  vision: VisionEncoder | None = None):
@@ -80,6 +86,8 @@ class ChatModel:
         Older turns are dropped until the answer has room for max_new_tokens (at most half
         the context); the question alone only has to fit.
         """
+        question, system = valid_text(question), system if system is None else valid_text(system)
+        history = [Turn(valid_text(turn.question), valid_text(turn.answer)) for turn in history]
         limit = self.generator.prompt_limit
         reserve = min(max_new_tokens, self.context_length // 2)
         for dropped in range(len(history) + 1):

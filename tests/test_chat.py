@@ -77,3 +77,17 @@ def test_a_system_prompt_goes_where_the_chat_template_puts_it(tiny_model):
     assert "Answer in French." not in family.tokenizer.decode(plain.ids)
     with_image = family.encode([], "Hello", image_tokens=4, system="Answer in French.")
     assert with_image.image_start > len(family.tokenizer.encode("Answer in French.", add_special_tokens=False))
+
+
+def test_a_lone_surrogate_in_a_question_is_answered_not_failed(tiny_model):
+    done = tiny_model.reply([Turn("A \ud800 B", "Sure.")], "What is \udfff this? 🙂", SHORT)
+    assert done.new_tokens == 8
+
+
+def test_settings_that_are_not_finite_numbers_are_refused_by_name():
+    import math
+
+    for field, value in (("temperature", math.nan), ("top_p", math.inf), ("repetition_penalty", math.nan),
+                         ("max_new_tokens", 5.5), ("top_k", "40"), ("temperature", None)):
+        with pytest.raises(ValueError, match=field):
+            SamplingSettings(**{field: value})

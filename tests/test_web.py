@@ -201,3 +201,16 @@ def test_cancelling_a_streaming_answer_frees_the_model_for_the_next_one(app, tin
     _, messages, stats = client(app).predict("Hello", 2, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
     assert "2 tokens" in stats  # the model was released
     assert job.done() and not any("80 tokens" in output[2] for output in job.outputs())  # the story never finished
+
+
+def test_bad_settings_sent_to_the_page_are_a_message_and_keep_the_question(app, tiny_seeing):
+    c = client(app)
+    for bad in ([6, 0.0, 0.9, "many", 1.0], [6, 0.0, 0.9, 40, None]):  # what a JSON client can send
+        question, messages, stats = c.predict("Hello there", *bad, api_name="/text_chat")
+        assert question == "Hello there" and "Generation settings" in stats and messages == []
+    _, messages, stats = c.predict("Hello there", *SETTINGS, api_name="/text_chat")
+    assert "tokens/s" in stats and len(messages) == 2  # the session goes on
+    session, scheduler = Session(), Scheduler(tiny_seeing[0])
+    for bad in ([float("nan"), 0.0, 0.9, 40, 1.0], [6, float("nan"), 0.9, 40, 1.0], [6, 0.0, 0.9, 40, float("inf")]):
+        [reply] = handlers.answer_with(scheduler, session, "Hello", *bad)  # NaN: what the page's handler gets
+        assert not reply.taken and "Generation settings" in reply.stats and session.messages == []

@@ -6,6 +6,8 @@ live in its own `Session`.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 from contextlib import closing
@@ -40,15 +42,34 @@ class Session:
 
 @dataclass(frozen=True)
 class Reply:
-    """One streamed update: the chat as shown, and the stats line."""
+    """One streamed update: the chat as shown, and the stats line. `taken`: false when the
+    question was not asked (bad settings), so the page leaves it in the box."""
     messages: Messages
     stats: str
+    taken: bool = True
 
 
 def settings_from(max_new_tokens: float, temperature: float, top_p: float, top_k: float,
                   repetition_penalty: float) -> SamplingSettings:
-    return SamplingSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                            top_k=int(top_k), repetition_penalty=float(repetition_penalty))
+    """The sliders' values as settings; ValueError, saying which, for anything that is not a
+    finite number in range (a client can send any JSON to the page's endpoints)."""
+    def whole(name: str, value) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a number, not {value!r}")
+        return int(value)
+
+    return SamplingSettings(max_new_tokens=whole("max_new_tokens", max_new_tokens), temperature=temperature,
+                            top_p=top_p, top_k=whole("top_k", top_k), repetition_penalty=repetition_penalty)
+
+
+def answer_with(scheduler: Scheduler, session: Session, question: str, *sliders) -> Iterator[Reply]:
+    """answer() with the settings as the page's sliders send them; bad values are a message."""
+    try:
+        settings = settings_from(*sliders)
+    except ValueError as exc:
+        yield Reply(session.messages, f"⚠️ Generation settings: {exc}.", taken=False)
+        return
+    yield from answer(scheduler, session, question, settings)
 
 
 def waiting_text(waiting: Waiting) -> str:

@@ -57,8 +57,10 @@ def _chat_panel(placeholder: str, height: int) -> ChatPanel:
 def _wire(panel: ChatPanel, ask, settings: list, api_name: str, more_events=(), also_clear=()) -> None:
     """Send/Enter ask; Stop cancels whatever of this panel is running; Clear starts over."""
     io = ([panel.question, panel.session, *settings], [panel.question, panel.session, panel.chat, panel.stats])
-    events = [panel.question.submit(ask, *io, api_name=api_name, **MODEL_SLOT),
-              panel.send.click(ask, *io, api_name=False, **MODEL_SLOT), *more_events]
+    # Not preprocessed: Gradio's own check of the sliders answers a bad value sent to the API
+    # with a generic error; the handler checks them itself and says which one is wrong.
+    events = [panel.question.submit(ask, *io, api_name=api_name, preprocess=False, **MODEL_SLOT),
+              panel.send.click(ask, *io, api_name=False, preprocess=False, **MODEL_SLOT), *more_events]
     panel.stop.click(None, cancels=events)
     panel.clear.click(lambda: (*[None] * len(also_clear), Session(), [], ""), None,
                       [*also_clear, panel.session, panel.chat, panel.stats], cancels=events, api_name=False)
@@ -68,8 +70,8 @@ def build_ui(scheduler: Scheduler, defaults: SamplingSettings = SamplingSettings
     model = scheduler.model
 
     def ask(question, session, *settings):
-        for reply in handlers.answer(scheduler, session, question, handlers.settings_from(*settings)):
-            yield "", session, reply.messages, reply.stats
+        for reply in handlers.answer_with(scheduler, session, question, *settings):
+            yield "" if reply.taken else question, session, reply.messages, reply.stats
 
     def upload(payload, describe, *settings):
         # Not preprocessed by gr.Image, which would fail on a non-image with a generic error:
@@ -77,8 +79,7 @@ def build_ui(scheduler: Scheduler, defaults: SamplingSettings = SamplingSettings
         session, stats = handlers.new_image(model, payload["path"] if payload else None)
         yield session, session.messages, stats
         if describe and session.image is not None:
-            for reply in handlers.answer(scheduler, session, handlers.DESCRIBE_PROMPT,
-                                         handlers.settings_from(*settings)):
+            for reply in handlers.answer_with(scheduler, session, handlers.DESCRIBE_PROMPT, *settings):
                 yield session, reply.messages, reply.stats
 
     with gr.Blocks(title="VisualGLM-TPU chat") as demo:

@@ -1,12 +1,24 @@
 """The `llama` family: chat-template prompts, 1-D positions, causal attention."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from language.families.base import Prompt, Turn, causal_mask, decode_mask
 
-IMAGE_MARK = "\x00<image>\x00"  # split point in the rendered template; never reaches the tokenizer
 IMAGE_PLACEHOLDER_ID = 0  # any id: these rows are overwritten by the image's embeddings
+
+
+def _marks(count: int, contents: list[str]) -> list[str]:
+    """`count` distinct place-holders, none of which occurs in any message: split points in the
+    rendered template that never reach the tokenizer."""
+    salt = 0
+    while True:
+        marks = [f"\x00mark{salt}.{n}\x00" for n in range(count)]
+        if not any(mark in text for mark in marks for text in contents):
+            return marks
+        salt += 1
 
 
 class LlamaFamily:
@@ -27,22 +39,30 @@ class LlamaFamily:
 
         The latest, not the first: the question then sits right after the picture, as in
         training, whatever came before (measured on the default model: yes/no follow-ups after
-        one turn were answered "yes" every time with the picture in the first message)."""
-        messages = [] if system is None else [{"role": "system", "content": system}]
-        for turn in history:
-            messages += [{"role": "user", "content": turn.question},
-                         {"role": "assistant", "content": turn.answer}]
-        messages.append({"role": "user", "content": question})
+        one turn were answered "yes" every time with the picture in the first message).
+
+        What people wrote is encoded as text only: a chat-template token or the image marker
+        typed into a question stays plain text (the template is rendered with a mark in place of
+        each message, and only the template around them is read for special tokens)."""
+        contents = ([] if system is None else [system]) + [text for turn in history
+                                                            for text in (turn.question, turn.answer)] + [question]
+        *marks, image_mark = _marks(len(contents) + 1, contents)
+        roles = (["system"] if system is not None else []) + ["user", "assistant"] * len(history) + ["user"]
+        messages = [{"role": role, "content": mark} for role, mark in zip(roles, marks)]
         if image_tokens:
-            messages[-1] = {"role": "user", "content": IMAGE_MARK + "\n" + question}
+            messages[-1]["content"] = image_mark + "\n" + marks[-1]
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        before, *after = text.split(IMAGE_MARK)
-        ids = self.tokenizer.encode(before, add_special_tokens=False)
-        if not after:
-            return Prompt(ids)
-        start = len(ids)
-        ids += [IMAGE_PLACEHOLDER_ID] * image_tokens + self.tokenizer.encode(after[0], add_special_tokens=False)
-        return Prompt(ids, start)
+        ids, image_start = [], None
+        for piece in re.split(f"({'|'.join(map(re.escape, [image_mark, *marks]))})", text):
+            if piece == image_mark:
+                image_start = len(ids)
+                ids += [IMAGE_PLACEHOLDER_ID] * image_tokens
+            elif piece in marks:
+                ids += self.tokenizer.encode(contents[marks.index(piece)], add_special_tokens=False,
+                                             split_special_tokens=True)
+            elif piece:
+                ids += self.tokenizer.encode(piece, add_special_tokens=False)
+        return Prompt(ids, image_start)
 
     def prefill_positions(self, length: int, width: int) -> np.ndarray:
         return np.arange(width, dtype=np.int32)[None]
