@@ -122,7 +122,8 @@ def set_image(chat: Conversation, model: ChatModel, path: str, out: TextIO) -> N
     try:
         image = load_image(Path(path).expanduser())
     except ImageError as exc:
-        print(f"({exc} The previous image is kept.)", file=out)
+        kept = f"Still looking at {chat.image_name}." if chat.image is not None else "No picture is loaded."
+        print(f"({exc} {kept})", file=out)
         return
     chat.history.clear()
     chat.image, chat.image_name = image, Path(path).name

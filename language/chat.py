@@ -47,10 +47,8 @@ class Done:
         """The answer's timings, worded for people."""
         parts = [f"first token {self.first_token_s:.2f} s",
                  f"{self.new_tokens} tokens at {self.decode_tokens_per_s:.1f} tokens/s"]
-        if self.vision_s:
+        if self.vision_s:  # a cache hit says nothing: the picture may be another user's
             parts.append(f"vision {self.vision_s * 1000:.0f} ms")
-        elif self.image_cached:
-            parts.append("image from cache")
         if self.finish_reason != "stop":
             parts.append("cut at the length limit")
         return parts

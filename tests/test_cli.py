@@ -67,8 +67,8 @@ def test_image_commands_look_change_and_drop_the_picture(tiny_seeing, tmp_path):
     chat_loop(tiny_seeing[0], SamplingSettings(max_new_tokens=3), str(red), io.StringIO(script), out)
     text = out.getvalue()
     assert "looking at red.png" in text and "looking at blue.png" in text
-    assert text.count("vision ") == 2 and text.count("image from cache") == 1
-    assert "not an image" in text and "previous image is kept" in text
+    assert text.count("vision ") == 2 and "cache" not in text  # the follow-up's rows came from the cache, unsaid
+    assert "not an image" in text and "Still looking at blue.png" in text
     assert "image dropped" in text and "Question about blue.png" in text
     assert text.count("Answer: ") == 4
 
@@ -77,3 +77,17 @@ def test_a_text_only_model_says_it_cannot_look(tiny_model, tmp_path):
     out = io.StringIO()
     chat_loop(tiny_model, SamplingSettings(max_new_tokens=3), None, io.StringIO("/image x.png\n"), out)
     assert "cannot look at images" in out.getvalue()
+
+
+def test_a_missing_or_bomb_picture_is_a_message_and_the_chat_goes_on(tiny_seeing, tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"  # 50000 x 50000 pixels in a few MB: Pillow refuses to decode it
+    Image.new("1", (50000, 50000)).save(bomb)
+    out = io.StringIO()
+    chat_loop(tiny_seeing[0], SamplingSettings(max_new_tokens=3), str(tmp_path / "nonexistent.png"),
+              io.StringIO(f"/image {bomb}\nHi\n"), out)
+    text = out.getvalue()
+    assert "No such image file" in text and "No picture is loaded." in text
+    assert "far more pixels" in text and "Traceback" not in text
+    assert text.count("Answer:") == 1 and "tokens/s" in text  # the conversation went on, without a picture

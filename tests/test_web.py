@@ -52,7 +52,7 @@ def test_upload_describes_and_answers_follow_ups(app, tiny_seeing, pictures):
     assert last_answer(messages) == expected_answer(tiny_seeing[0], handlers.DESCRIBE_PROMPT, paths["red"])
     assert "vision" in stats and "tokens/s" in stats
     question, messages, stats = c.predict("What colour is it?", *SETTINGS, api_name="/image_chat")
-    assert question == "" and "image from cache" in stats
+    assert question == "" and "tokens/s" in stats and "vision" not in stats and "cache" not in stats
     assert len(messages) == 5
 
 
@@ -214,3 +214,26 @@ def test_bad_settings_sent_to_the_page_are_a_message_and_keep_the_question(app, 
     for bad in ([float("nan"), 0.0, 0.9, 40, 1.0], [6, float("nan"), 0.9, 40, 1.0], [6, 0.0, 0.9, 40, float("inf")]):
         [reply] = handlers.answer_with(scheduler, session, "Hello", *bad)  # NaN: what the page's handler gets
         assert not reply.taken and "Generation settings" in reply.stats and session.messages == []
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_sessions_keep_only_what_the_model_needs_of_their_pictures(app, tmp_path):
+    import gc
+
+    import numpy as np
+
+    photo = tmp_path / "photo.jpg"  # 3000x3000, photo-like noise: 27 MB once decoded
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)).save(photo, quality=90)
+    sessions = [client(app) for _ in range(8)]
+    sessions[0].predict(handle_file(str(photo)), False, *SETTINGS, api_name="/set_image")  # warm-up
+    gc.collect()
+    before = rss_mb()
+    for c in sessions[1:]:
+        c.predict(handle_file(str(photo)), False, *SETTINGS, api_name="/set_image")
+    gc.collect()
+    grown = rss_mb() - before
+    assert grown < 7 * 27 / 2, f"RSS grew {grown:.0f} MB for 7 sessions"  # the full pictures would be 189 MB

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from PIL import Image
 
 from runtime.backend import Backend, Tensor
-from vision.preprocess import to_pixels
+from vision.preprocess import model_sized, to_pixels
 
 
 CACHE_SIZE = 32  # pictures whose rows stay in the backend
@@ -26,6 +26,10 @@ class VisionEncoder:
         self.rows = self._output.shape[1]  # Q: prefix embeddings per image
         self._pixels = backend.alloc(self._input.shape, self._input.dtype)
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
+
+    def shrink(self, image: Image.Image) -> Image.Image:
+        """What is worth keeping of a picture between questions: encode() gives the same rows."""
+        return model_sized(image, self.image_size)
 
     def encode(self, image: Image.Image) -> tuple[Tensor, bool]:
         """The image's [1,Q,H] embeddings in the backend, and whether they came from the cache."""

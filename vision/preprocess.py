@@ -72,8 +72,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def model_sized(image: Image.Image, size: int) -> Image.Image:
+    """The picture as the vision net sees it: bicubic, `size` x `size`. Keeping this instead of
+    the upload costs 150 KB at 224 px, and to_pixels() gives the same pixels from either."""
+    return image.resize((size, size), Image.Resampling.BICUBIC)
+
+
 def to_pixels(image: Image.Image, size: int) -> np.ndarray:
     """RGB picture -> float32 [1,3,size,size]: bicubic resize, then CLIP mean/std."""
-    resized = image.resize((size, size), Image.Resampling.BICUBIC)
-    array = np.asarray(resized, dtype=np.float32) / 255.0
+    array = np.asarray(model_sized(image, size), dtype=np.float32) / 255.0
     return ((array - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)[None].copy()

@@ -91,7 +91,7 @@ def new_image(model: ChatModel, path: str | None) -> tuple[Session, str]:
         image = load_image(path)
     except ImageError as exc:
         return _said(f"⚠️ {exc} Please try another picture."), ""
-    return Session(image=image, messages=[{"role": "user", "content": {"path": path}}]), ""
+    return Session(image=model.vision.shrink(image), messages=[{"role": "user", "content": {"path": path}}]), ""
 
 
 def _said(text: str) -> Session:

@@ -20,6 +20,8 @@ from web.i18n import I18N as t
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MODEL_SLOT = {"concurrency_limit": None}  # the Scheduler queues; Gradio only waits on it
 LAUNCH_OPTIONS = {"i18n": t, "footer_links": ["api"]}  # every launch() of this UI passes these
+IDLE_SESSION_S = 3600  # a session untouched this long is forgotten (API clients send no heartbeat)
+UPLOADS_KEPT_S = 3600  # uploaded files older than this are deleted from Gradio's cache, checked as often
 
 
 def _settings_controls(defaults: SamplingSettings) -> list[gr.components.Component]:
@@ -46,7 +48,7 @@ class ChatPanel:
 
 
 def _chat_panel(placeholder: str, height: int) -> ChatPanel:
-    session = gr.State(Session())
+    session = gr.State(Session(), time_to_live=IDLE_SESSION_S)
     chat = gr.Chatbot(label=t("chat"), buttons=["copy", "copy_all"], height=height)
     question = gr.Textbox(placeholder=t(placeholder), show_label=False)
     with gr.Row():
@@ -82,7 +84,7 @@ def build_ui(scheduler: Scheduler, defaults: SamplingSettings = SamplingSettings
             for reply in handlers.answer_with(scheduler, session, handlers.DESCRIBE_PROMPT, *settings):
                 yield session, reply.messages, reply.stats
 
-    with gr.Blocks(title="VisualGLM-TPU chat") as demo:
+    with gr.Blocks(title="VisualGLM-TPU chat", delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as demo:
         gr.Markdown(f"### VisualGLM-TPU · {model.name} · {model.runs_on} · context {model.context_length} tokens")
         with gr.Tab(t("image_tab")):
             with gr.Row():
