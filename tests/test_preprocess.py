@@ -20,6 +20,13 @@ def test_every_mode_becomes_rgb(mode):
     image = Image.new("RGB", (30, 20), (200, 100, 50)).convert(mode)
     out = load_image(image)
     assert out.mode == "RGB" and out.size == (30, 20)
+    pixels = np.asarray(out, dtype=np.int16)
+    if mode in ("RGB", "RGBA", "CMYK", "P", "YCbCr"):  # modes that hold colour keep this one
+        assert np.abs(pixels.reshape(-1, 3).mean(axis=0) - (200, 100, 50)).max() <= 8  # P dithers: the mean
+    elif mode in ("L", "LA", "1", "F"):  # grey modes: their own grey, not black
+        assert np.abs(pixels - np.asarray(image.convert("RGB"), dtype=np.int16)).max() <= 1 and pixels.max() > 0
+    else:  # 16/32-bit grey is scaled to its peak: flat grey becomes white
+        assert (pixels == 255).all()
 
 
 def test_transparency_is_flattened_onto_white():
