@@ -2,8 +2,10 @@
 
     python bench/load.py [--model smollm2-vision] [--users 1 2 4 8] [--slots 4] [--rounds 2] [--max-tokens 48]
 
-Starts the app's server in this process twice, on the same model: with one KV slot (answers
-one at a time, as before the Scheduler had slots: the baseline) and with --slots. For each
+Starts the app (`python app.py`, its own process) twice on the same model: with one KV slot
+(answers one at a time, as before the Scheduler had slots: the baseline) and with --slots;
+the users are threads of this process, so they do not compete with the server for the GIL.
+For each
 number of users, every user streams one answer at once through the real `openai` client
 (greedy; different questions, so nothing is shared), --rounds times. It prints, per server
 and number of users:
@@ -21,9 +23,11 @@ import argparse
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +90,27 @@ def follow_up_times(client, model: str, max_tokens: int) -> dict[int, float]:
     return times
 
 
+def start_app(model: str, slots: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--port", str(port),
+                               "--slots", str(slots), "--queue-size", "64"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=2):
+                return server, url
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"the app exited with code {server.returncode}")
+            time.sleep(1)
+    server.terminate()
+    raise SystemExit("the app did not start within 5 minutes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-vision")
@@ -97,37 +122,33 @@ def main() -> None:
 
     import openai
 
-    from app import serve
-    from language.loader import load_chat_model
-    from language.sampling import SamplingSettings
-    from models.catalog import prepare_model
-
-    model = load_chat_model(prepare_model(args.model))
-    print(f"{model.name} on {model.runs_on}, {os.cpu_count()} cores; {args.max_tokens} new tokens at most, greedy; "
+    print(f"{args.model}, {os.cpu_count()} cores; {args.max_tokens} new tokens at most, greedy; "
           f"medians over {args.rounds} round(s)")
     print(f"{'server':<10} {'users':>5} {'TTFT p50 s':>11} {'TTFT p95 s':>11} {'user tok/s':>11} {'total tok/s':>12}")
     for slots in (1, args.slots):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        demo = serve(model, SamplingSettings(), port=port, slots=slots, queue_size=64, block=False)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
-        round_of(client, model.name, 1, 4)  # warm-up
-        for users in args.users:
-            ttfts, rates, totals = [], [], []
-            for _ in range(args.rounds):
-                results, total = round_of(client, model.name, users, args.max_tokens)
-                ttfts += [r["ttft"] for r in results]
-                rates += [r["rate"] for r in results]
-                totals.append(total)
-            print(f"{f'{slots} slot(s)':<10} {users:>5} {percentile(ttfts, 0.5):>11.2f} {percentile(ttfts, 0.95):>11.2f} "
-                  f"{statistics.median(rates):>11.1f} {statistics.median(totals):>12.1f}", flush=True)
-        if slots == args.slots:
-            times = follow_up_times(client, model.name, args.max_tokens)
-            print("follow-ups, first token s (whole conversation prefilled again): "
-                  + ", ".join(f"turn {t}: {times[t]:.2f}" for t in (1, 3, 6))
-                  + f"; turn 6 / turn 1 = {times[6] / times[1]:.2f}")
-        demo.close()
+        server, url = start_app(args.model, slots)
+        try:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+            name = client.models.list().data[0].id
+            round_of(client, name, 1, 4)  # warm-up
+            for users in args.users:
+                ttfts, rates, totals = [], [], []
+                for _ in range(args.rounds):
+                    results, total = round_of(client, name, users, args.max_tokens)
+                    ttfts += [r["ttft"] for r in results]
+                    rates += [r["rate"] for r in results]
+                    totals.append(total)
+                print(f"{f'{slots} slot(s)':<10} {users:>5} {percentile(ttfts, 0.5):>11.2f} "
+                      f"{percentile(ttfts, 0.95):>11.2f} {statistics.median(rates):>11.1f} "
+                      f"{statistics.median(totals):>12.1f}", flush=True)
+            if slots == args.slots:
+                times = follow_up_times(client, name, args.max_tokens)
+                print("follow-ups, first token s (whole conversation prefilled again): "
+                      + ", ".join(f"turn {t}: {times[t]:.2f}" for t in (1, 3, 6))
+                      + f"; turn 6 / turn 1 = {times[6] / times[1]:.2f}")
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
 
 
 if __name__ == "__main__":
