@@ -15,7 +15,7 @@ import sys
 for key, value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
     os.environ.setdefault(key, value)  # no telemetry, no hub: set before gradio is imported
 
-from cli import add_model_args, add_sampling_args, open_model  # noqa: E402
+from options import add_model_args, add_sampling_args, open_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -95,7 +95,7 @@ class TransformersEager:
 
 
 def load_split_nets(threads: int) -> tuple[Runtime, list[int]]:
-    from language.loader import load_chat_model
+    from models.loader import load_chat_model
     from models.catalog import TEXT_MODEL, prepare_model
 
     model = load_chat_model(prepare_model(TEXT_MODEL, progress=None), "onnx", threads)
@@ -167,7 +167,7 @@ def red_circle():
 
 def vision_worker(runs: int, threads: int) -> dict:
     """The seeing default model: vision net time, and first-token latency with and without an image."""
-    from language.loader import load_chat_model
+    from models.loader import load_chat_model
     from language.sampling import SamplingSettings
     from models.catalog import VISION_MODEL, prepare_model
 

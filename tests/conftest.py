@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest  # noqa: E402
 
-from language.loader import load_chat_model  # noqa: E402
+from models.loader import load_chat_model  # noqa: E402
 from models.tiny import export_tiny_llama  # noqa: E402
 
 TINY_SEQ = 128

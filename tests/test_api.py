@@ -320,7 +320,7 @@ def test_two_api_streams_and_a_page_session_at_once(app, tiny_seeing, tmp_path):
 
 @pytest.mark.slow
 def test_the_default_model_streams_a_correct_answer_about_a_picture_to_the_openai_client():
-    from language.loader import load_chat_model
+    from models.loader import load_chat_model
     from models import catalog
     from training.evaluate import correct
 

@@ -118,11 +118,11 @@ def test_layout_detection(token_dir, logits_dir, tiny_dir):
 
 
 def test_loader_picks_the_generator_from_the_nets(token_dir, tiny_model, tokenizer, monkeypatch):
-    import language.loader
+    import models.loader
 
     assert type(tiny_model.generator) is Generator  # the project's own nets
-    monkeypatch.setattr(language.loader, "load_tokenizer", lambda name: tokenizer)  # the stand-in has no folder
-    model = language.loader.load_chat_model(token_dir[0], threads=1)
+    monkeypatch.setattr(models.loader, "load_tokenizer", lambda name: tokenizer)  # the stand-in has no folder
+    model = models.loader.load_chat_model(token_dir[0], threads=1)
     assert isinstance(model.generator, ShiftedGenerator) and model.generator.greedy_only
     assert model.family.name == "chatglm3" and model.context_length == SEQ
     done = model.reply([Turn("Hi", "Hello!")], "Shape?", GREEDY)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from language.loader import load_chat_model
+from models.loader import load_chat_model
 from models import catalog
 from models.tiny import export_tiny_llama
 from runtime.backend import ModelFileError

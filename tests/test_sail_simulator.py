@@ -14,7 +14,7 @@ from PIL import Image
 from compile.bmodel import NetPlan, compile_model, compile_net, input_shapes
 from language.embedding import read_table
 from language.families.base import causal_mask, decode_mask
-from language.loader import load_chat_model
+from models.loader import load_chat_model
 from language.sampling import SamplingSettings
 from models.tiny import TINY_LLAMA, export_tiny_llama
 from runtime import open_backend

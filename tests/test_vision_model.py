@@ -18,7 +18,7 @@ GREEDY = SamplingSettings(max_new_tokens=24)
 
 @pytest.fixture(scope="module")
 def seeing_model():
-    from language.loader import load_chat_model
+    from models.loader import load_chat_model
 
     return load_chat_model(catalog.prepare_model(catalog.VISION_MODEL))
 

@@ -266,7 +266,7 @@ def test_other_usage_errors(checkpoint, tmp_path):
 
 
 def test_a_probe_of_the_first_layers_is_marked_and_cannot_answer(checkpoint, tmp_path):
-    from language.loader import load_chat_model
+    from models.loader import load_chat_model
     from runtime.backend import ModelFileError
 
     result = convert(checkpoint[0], tmp_path / "probe", SEQ, layers=1)

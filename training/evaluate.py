@@ -63,7 +63,7 @@ def evaluate(model, examples: list[Example], label: str, show: int) -> float:
 
 
 def main() -> None:
-    from language.loader import load_chat_model
+    from models.loader import load_chat_model
     from models.catalog import DEFAULT_MODEL, prepare_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

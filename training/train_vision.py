@@ -156,7 +156,7 @@ def teacher_answers(prompts: list[str], cache: Path) -> dict[str, str]:
     """Greedy answers of the untouched model, through this project's own runtime."""
     if cache.is_file():
         return json.loads(cache.read_text())
-    from language.loader import load_chat_model
+    from models.loader import load_chat_model
     from language.sampling import SamplingSettings
     from models.catalog import prepare_model
 
