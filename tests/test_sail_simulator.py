@@ -114,6 +114,27 @@ def test_f16_model_answers_with_the_same_tokens_as_onnx_runtime(compiled, simula
     assert follow_up.vision_s == 0.0  # the cached rows stay on the device
 
 
+def test_answers_interleaved_on_two_device_slots_match_the_cpu(compiled, simulated_sail, tiny_seeing_dir):
+    from language.chat import Done
+    from serving.scheduler import Scheduler
+
+    on_cpu = load_chat_model(tiny_seeing_dir[0])
+    on_sim = load_chat_model(compiled("F16"), backend="sail-simulator")
+    greedy = SamplingSettings(max_new_tokens=6, repetition_penalty=1.0)
+    asks = [("What is this?", Image.new("RGB", (40, 30), (200, 30, 30))), ("Hello there", None)]
+    expected = [on_cpu.reply([], q, greedy, image=p).answer for q, p in asks]
+    scheduler = Scheduler(on_sim, slots=2)  # two KV caches in device memory, stepped in turn
+    streams = [scheduler.stream([], q, greedy, p) for q, p in asks]
+    done: dict[int, str] = {}
+    while len(done) < 2:
+        for n, stream in enumerate(streams):
+            if n not in done:
+                event = next(stream)
+                if isinstance(event, Done):
+                    done[n] = event.answer
+    assert [done[0], done[1]] == expected
+
+
 def test_f16_and_bf16_nets_match_onnx_runtime(compiled, simulated_sail, tiny_seeing_dir):
     on_cpu = open_backend("onnx", tiny_seeing_dir[0])
     for quantize, floor in (("F16", 0.9999), ("BF16", 0.999)):
