@@ -60,3 +60,21 @@ def test_repetition_penalty_steers_greedy_away_from_seen_tokens():
 def test_bad_settings_are_refused_with_a_reason(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SamplingSettings(**bad)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, penalty", [(0.7, 40, 0.9, 1.1), (1.5, 0, 0.5, 1.0),
+                                                                 (1.0, 5, 1.0, 1.3), (0.3, 200, 0.95, 1.0)])
+def test_the_sampled_distribution_is_transformers_own(temperature, top_k, top_p, penalty):
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    seen = np.array([3, 17, 17, 250, int(np.argmax(LOGITS))], dtype=np.int64)
+    settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=penalty)
+    tokens, probs = Sampler(settings).distribution(LOGITS, seen)
+    steps = [RepetitionPenaltyLogitsProcessor(penalty), TemperatureLogitsWarper(temperature)]
+    steps += [TopKLogitsWarper(top_k)] if top_k else []
+    steps += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+    theirs = LogitsProcessorList(steps)(torch.tensor(seen)[None], torch.tensor(LOGITS)[None])
+    reference = torch.softmax(theirs, dim=-1)[0].numpy()
+    assert set(tokens.tolist()) == set(np.flatnonzero(reference > 0).tolist())  # the same candidates
+    np.testing.assert_allclose(probs, reference[tokens], rtol=1e-5, atol=1e-7)  # with the same chances
