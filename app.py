@@ -73,7 +73,8 @@ def serve(model, defaults, *, host: str = "127.0.0.1", port: int = 7860, share: 
     from web.ui import LAUNCH_OPTIONS, build_ui
 
     scheduler = Scheduler(model, max_waiting=queue_size, slots=slots)
-    options = ApiOptions(defaults, api_key, allow_image_urls, max_body_mb=max_upload_mb * 4 // 3 + 1)  # base64
+    options = ApiOptions(defaults, api_key, closed=bool(auth) and api_key is None, allow_image_urls=allow_image_urls,
+                         max_body_mb=max_upload_mb * 4 // 3 + 1)  # base64 is a third larger than the file
     demo = build_ui(scheduler, defaults)
     demo.queue(max_size=queue_size)
     demo.launch(server_name=host, server_port=port, share=share, auth=tuple(auth.split(":", 1)) if auth else None,

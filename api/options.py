@@ -14,11 +14,15 @@ from language.sampling import SamplingSettings
 class ApiOptions:
     defaults: SamplingSettings = SamplingSettings()  # for whatever a request leaves out
     api_key: str | None = None  # Bearer key that /v1 and POST / require, if set
+    closed: bool = False  # no key while the page needs a login: the API would bypass it, so it is shut
     allow_image_urls: bool = False  # fetch http(s) image URLs (off: data URIs only)
     max_body_mb: int = 30
 
 
 def check_key(request: Request, options: ApiOptions) -> None:
+    if options.closed:
+        raise ApiError(401, "The page of this server needs a login and no API key was set, so the API is "
+                            "closed: start the server with --api-key KEY to open it.", code="api_closed")
     if options.api_key is None:
         return
     scheme, _, key = request.headers.get("authorization", "").partition(" ")

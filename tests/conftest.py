@@ -1,5 +1,12 @@
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -105,3 +112,29 @@ def app(tiny_seeing):
     demo = serve(tiny_seeing[0], SamplingSettings(), port=port, queue_size=16, block=False)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@contextmanager
+def running_app(model_dir, log_path, *flags: str, env: dict | None = None) -> Iterator[str]:
+    """`python app.py` on a model directory in its own process, its output in log_path; yields
+    its URL once the page answers."""
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "app.py", "--model", str(model_dir), "--port", str(port), *flags],
+                                  cwd=root, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 90
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                        assert page.status == 200
+                        break
+                except OSError:
+                    if time.time() > deadline or server.poll() is not None:
+                        pytest.fail(f"the app did not answer locally: {Path(log_path).read_text()[-2000:]}")
+                    time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

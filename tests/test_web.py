@@ -15,7 +15,7 @@ from vision.preprocess import load_image  # noqa: E402
 from web import handlers  # noqa: E402
 from web.handlers import Session  # noqa: E402
 from web.share import share_service_reachable  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, running_app  # noqa: E402
 
 SETTINGS = [6, 0.0, 0.9, 40, 1.0]  # max new tokens, temperature, top-p, top-k, repetition penalty
 
@@ -155,34 +155,9 @@ def test_an_unreachable_share_service_is_reported_quickly():
 
 
 def test_app_without_share_service_says_so_and_serves_locally(tiny_dir, tmp_path):
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
-    port, dead = free_port(), free_port()
-    env = {**os.environ, "VGLM_SHARE_SERVICE": f"127.0.0.1:{dead}"}
-    root = Path(__file__).resolve().parents[1]
-    log = open(tmp_path / "app.log", "w+")
-    server = subprocess.Popen([sys.executable, "app.py", "--model", str(tiny_dir[0]), "--port", str(port), "--share"],
-                              cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
-                    assert page.status == 200
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the app did not answer locally")
-        log.seek(0)
-        assert f"No share link: 127.0.0.1:{dead} cannot be reached" in log.read()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    dead = free_port()  # nothing listens there
+    with running_app(tiny_dir[0], tmp_path / "app.log", "--share", env={"VGLM_SHARE_SERVICE": f"127.0.0.1:{dead}"}):
+        assert f"No share link: 127.0.0.1:{dead} cannot be reached" in (tmp_path / "app.log").read_text()
 
 
 def test_cancelling_a_streaming_answer_frees_the_model_for_the_next_one(app, tiny_seeing, monkeypatch):
