@@ -109,7 +109,7 @@ def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
     from models.catalog import TEXT_MODEL, find_smollm2_gguf
     from models.gguf_llama import read_llama_gguf
     from models.hf_reference import transformers_llama
-    from token_config import load_tokenizer
+    from language.tokenizers import load_tokenizer
 
     torch.set_num_threads(threads)
     model = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))

@@ -106,7 +106,7 @@ class CountingBackend:
 def family_for(name: str):
     if name == "visualglm-6b":
         return GlmFamily(SimpleNamespace(encode=lambda text, add_special_tokens=False: []))
-    from token_config import load_tokenizer
+    from language.tokenizers import load_tokenizer
 
     return LlamaFamily(load_tokenizer("smollm2-135m-instruct"))
 

@@ -275,7 +275,7 @@ def template_tokens(config: dict, image_rows: int) -> int:
     tokenizer and family when it is installed, else the rows plus GLM's dozen."""
     try:
         from language.families import load_family
-        from token_config import load_tokenizer
+        from language.tokenizers import load_tokenizer
 
         family = load_family(config["family"], load_tokenizer(config["tokenizer"]))
         return len(family.encode([], "", image_rows).ids)

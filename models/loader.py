@@ -10,7 +10,7 @@ from language.shifted_generate import make_generator
 from models.store import read_config
 from runtime.backend import ModelFileError
 from runtime import open_backend
-from token_config import load_tokenizer
+from language.tokenizers import load_tokenizer
 from vision.encoder import VisionEncoder
 
 

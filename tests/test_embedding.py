@@ -94,6 +94,6 @@ def test_a_prompt_takes_the_narrowest_prefill_that_fits(tiny_dir):
 
 def _family():
     from language.families.llama import LlamaFamily
-    from token_config import load_tokenizer
+    from language.tokenizers import load_tokenizer
 
     return LlamaFamily(load_tokenizer("smollm2-135m-instruct"))

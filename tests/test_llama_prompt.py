@@ -1,7 +1,7 @@
 """The llama family's prompt: the chat template as written, and what people type kept as text."""
 from language.families import Turn
 from language.families.llama import IMAGE_PLACEHOLDER_ID, LlamaFamily
-from token_config import load_tokenizer
+from language.tokenizers import load_tokenizer
 
 TOKENIZER = load_tokenizer("smollm2-135m-instruct")
 FAMILY = LlamaFamily(TOKENIZER)

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import sentencepiece
 
-import token_config
+from language import tokenizers
 from language.families.base import Turn
 from language.families.chatglm3 import SPECIAL_IDS as V3_IDS
 from language.families.chatglm3 import Chatglm3Family
 from language.families.glm import GlmFamily
 from language.streaming import TextStream
-from token_config import load_tokenizer
-from token_config.sentencepiece_chatglm import (V1_SPECIAL_TOKENS, Chatglm3Tokenizer, GlmV1Tokenizer, blank_piece,
+from language.tokenizers import load_tokenizer
+from language.tokenizers.sentencepiece_chatglm import (V1_SPECIAL_TOKENS, Chatglm3Tokenizer, GlmV1Tokenizer, blank_piece,
                                                 chatglm_kind, load_chatglm_tokenizer)
 
 UNUSED, CONTROL = 5, 3  # sentencepiece ModelProto.SentencePiece.Type
@@ -276,7 +276,7 @@ def test_streaming_gives_the_text_once(which, v1, v3):
 def test_load_tokenizer_picks_the_wrapper(folders, monkeypatch):
     assert isinstance(load_tokenizer(str(folders["v1"])), GlmV1Tokenizer)  # a folder path
     assert isinstance(load_tokenizer(str(folders["v3"])), Chatglm3Tokenizer)
-    monkeypatch.setattr(token_config, "TOKEN_CONFIG_DIR", folders["root"])  # a name under token_config/
+    monkeypatch.setattr(tokenizers, "TOKEN_CONFIG_DIR", folders["root"])  # a name under token_config/
     assert isinstance(load_tokenizer("visualglm-6b"), GlmV1Tokenizer)
     assert isinstance(load_tokenizer("chatglm3-6b"), Chatglm3Tokenizer)
     with pytest.raises(FileNotFoundError, match="no tokenizer 'nope'.*chatglm3-6b"):
@@ -284,7 +284,7 @@ def test_load_tokenizer_picks_the_wrapper(folders, monkeypatch):
 
 
 def test_other_folders_keep_the_transformers_path():
-    folder = token_config.TOKEN_CONFIG_DIR / "smollm2-135m-instruct"
+    folder = tokenizers.TOKEN_CONFIG_DIR / "smollm2-135m-instruct"
     assert chatglm_kind(folder) is None and load_chatglm_tokenizer(folder) is None
 
 

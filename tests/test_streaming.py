@@ -1,5 +1,5 @@
 from language.streaming import REPLACEMENT, StopAt, TextStream
-from token_config import load_tokenizer
+from language.tokenizers import load_tokenizer
 
 TOKENIZER = load_tokenizer("smollm2-135m-instruct")
 

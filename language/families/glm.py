@@ -65,7 +65,7 @@ class GlmFamily:
     """ChatGLM-6B / VisualGLM-6B.
 
     The real tokenizer is the checkpoint's `ice_text.model` (sentencepiece), loaded without
-    remote code by token_config/sentencepiece_chatglm.py (GlmV1Tokenizer); any tokenizer with
+    remote code by language/tokenizers/sentencepiece_chatglm.py (GlmV1Tokenizer); any tokenizer with
     `encode(text, add_special_tokens=False)` / `decode` works, as long as its "[gMASK]" /
     "<sop>" / "<eop>" map to the ids below (checked when it knows them).
     """

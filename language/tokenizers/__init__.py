@@ -1,14 +1,15 @@
-"""Tokenizer files, one folder per model (tokenizer.json, tokenizer_config.json, chat template).
+"""Loading a model's tokenizer from its files in token_config/ (one folder per model:
+tokenizer.json, tokenizer_config.json, chat template).
 
 A folder holding ChatGLM-6B's `ice_text.model` or ChatGLM3-6B's `tokenizer.model` (with a
-tokenizer_config.json naming ChatGLMTokenizer) is read by token_config.sentencepiece_chatglm
+tokenizer_config.json naming ChatGLMTokenizer) is read by language/tokenizers/sentencepiece_chatglm.py
 instead of transformers (whose ChatGLM tokenizers are remote code)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-TOKEN_CONFIG_DIR = Path(__file__).resolve().parent
+TOKEN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "token_config"
 
 
 def tokenizer_dir(name: str) -> Path:
@@ -23,7 +24,7 @@ def tokenizer_dir(name: str) -> Path:
 
 def load_tokenizer(name: str):
     path = tokenizer_dir(name)
-    from token_config.sentencepiece_chatglm import load_chatglm_tokenizer
+    from language.tokenizers.sentencepiece_chatglm import load_chatglm_tokenizer
 
     chatglm = load_chatglm_tokenizer(path)  # None: not a ChatGLM sentencepiece folder
     if chatglm is not None:
