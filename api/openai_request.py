@@ -1,8 +1,8 @@
 """An OpenAI chat-completions request, checked, and turned into the model's terms.
 
-Every field OpenAI defines is either honoured, refused with a 400 that names it, or in
-IGNORED (it cannot change the answer). Unknown fields are refused, so that a typo or an
-unsupported feature never passes silently.
+Every field OpenAI defines is either honoured, refused with a 400 that names it, or ignored
+because it cannot change the answer (marked so in ChatCompletionRequest). Unknown fields are
+refused, so that a typo or an unsupported feature never passes silently.
 """
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ from api.images import Picture, picture_from_url
 from language.families import Turn
 from language.sampling import SamplingSettings
 
-IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-           "safety_identifier")
-Probability = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -58,15 +56,15 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: Probability | None = Field(None, ge=0, le=2)
-    top_p: Probability | None = Field(None, gt=0, le=1)
+    temperature: Finite | None = Field(None, ge=0, le=2)
+    top_p: Finite | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # an extension, as in vLLM and llama.cpp
-    repetition_penalty: Probability | None = Field(None, gt=0, le=10)  # likewise
+    repetition_penalty: Finite | None = Field(None, gt=0, le=10)  # likewise
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = None
-    frequency_penalty: Probability | None = None
-    presence_penalty: Probability | None = None
+    frequency_penalty: Finite | None = None
+    presence_penalty: Finite | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     logit_bias: dict[str, Any] | None = None
@@ -75,7 +73,7 @@ class ChatCompletionRequest(_Strict):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
-    user: str | None = None
+    user: str | None = None  # ignored from here on: none of these can change the answer
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     service_tier: str | None = None

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.answering import Answer, start
 from api.errors import ApiError
-from api.openai_request import ChatCompletionRequest, conversation_from, parse_request, settings_for, stop_strings
+from api.openai_request import conversation_from, parse_request, settings_for, stop_strings
 from api.options import ApiOptions, read_body
 from language.chat import Done, TextDelta
 from serving.scheduler import ChatRequest, Scheduler

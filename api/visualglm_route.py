@@ -18,14 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.answering import start
 from api.errors import bad_request
 from api.images import picture_from_base64
-from api.openai_request import validation_error
+from api.openai_request import Finite, validation_error
 from api.options import ApiOptions, read_body
 from language.families import Turn
 from language.sampling import SamplingSettings
 from serving.scheduler import ChatRequest, Scheduler
-
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-
 
 class VisualGlmRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)

@@ -36,7 +36,7 @@ import numpy as np
 from onnx import TensorProto
 
 from export.onnx_graph import Graph
-from export.split_nets import Progress, write_nets
+from export.split_nets import Progress, embedding_net, write_nets
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -169,12 +169,8 @@ def block_cache_net(arch: Chatglm3Arch, tensors: Tensors, layer: int, tables, se
     return g
 
 
-def embedding_net(arch: Chatglm3Arch, tensors: Tensors, name: str, length: int) -> Graph:
-    g = Graph(name)
-    ids = g.input("input_ids", np.int32, [1, length])
-    table = g.weight(np.asarray(tensors["transformer.embedding.word_embeddings.weight"], np.float32), "word_embeddings")
-    g.output(g.op("Gather", table, ids), "input_embed", np.float32, [1, length, arch.hidden_size])
-    return g
+def word_embeddings(tensors: Tensors) -> np.ndarray:
+    return tensors["transformer.embedding.word_embeddings.weight"]
 
 
 def lm_head_net(arch: Chatglm3Arch, tensors: Tensors, token_head: bool = True) -> Graph:
@@ -198,8 +194,10 @@ def export_chatglm3(arch: Chatglm3Arch, tensors: Tensors, out_dir: Path, seq_len
         raise ValueError("num_heads must be a multiple of num_kv_groups and head_dim a multiple of 4")
     tables = rope_tables(arch, seq_len)
     return write_nets(out_dir, arch.num_layers,
-                      embedding=lambda: embedding_net(arch, tensors, "embedding", seq_len),
-                      embedding_cache=lambda: embedding_net(arch, tensors, "embedding_cache", 1),
+                      embedding=lambda: embedding_net(word_embeddings(tensors), "word_embeddings", "embedding", seq_len,
+                                                      "input_embed"),
+                      embedding_cache=lambda: embedding_net(word_embeddings(tensors), "word_embeddings",
+                                                            "embedding_cache", 1, "input_embed"),
                       block=lambda i: block_net(arch, tensors, i, tables, seq_len),
                       block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),
                       lm_head=lambda: lm_head_net(arch, tensors, token_head), progress=progress)

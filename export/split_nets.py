@@ -29,12 +29,13 @@ def net_names(num_layers: int, host_embedding: bool = True) -> list[str]:
     return [*embedding, *layers, "lm_head"]
 
 
-def embedding_net(table: np.ndarray, table_name: str, name: str, length: Dim) -> Graph:
+def embedding_net(table: np.ndarray, table_name: str, name: str, length: Dim,
+                  output: str = "hidden_states") -> Graph:
     """`embedding` (length "seq") or `embedding_cache` (length 1): a row lookup in `table`."""
     g = Graph(name)
     ids = g.input("input_ids", np.int32, [1, length])
     table_id = g.weight(np.asarray(table, np.float32), table_name)
-    g.output(g.op("Gather", table_id, ids), "hidden_states", np.float32, [1, length, table.shape[1]])
+    g.output(g.op("Gather", table_id, ids), output, np.float32, [1, length, table.shape[1]])
     return g
 
 

@@ -15,7 +15,6 @@ import os
 import queue
 import threading
 from collections import deque
-from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterator
 

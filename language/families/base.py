@@ -54,11 +54,12 @@ class Family(Protocol):
         """The answer as the user should see it."""
 
 
-def causal_mask(length: int, width: int) -> np.ndarray:
-    """Row i sees columns 0..i of the real prompt; padding columns are never seen."""
+def causal_mask(length: int, width: int, seen_by_all: int = 0) -> np.ndarray:
+    """Additive [1,1,width,width]: row i sees columns 0..i of the real prompt, and every row sees
+    its first `seen_by_all` columns (GLM's bidirectional context); padding is never seen."""
     rows = np.arange(width)[:, None]
     cols = np.arange(width)[None, :]
-    visible = (cols <= rows) & (cols < length)
+    visible = ((cols < seen_by_all) | (cols <= rows)) & (cols < length)
     return np.where(visible, 0.0, MASKED).astype(np.float32)[None, None]
 
 

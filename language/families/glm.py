@@ -28,7 +28,7 @@ import re
 
 import numpy as np
 
-from language.families.base import MASKED, Prompt, Turn, decode_mask
+from language.families.base import Prompt, Turn, causal_mask, decode_mask
 
 GMASK_ID = 130001
 SOP_ID = 130004  # bos
@@ -54,11 +54,7 @@ def glm_positions(length: int, width: int) -> np.ndarray:
 def glm_mask(length: int, width: int) -> np.ndarray:
     """Additive [1,1,width,width]: everyone sees the context (tokens before <sop>), the rest is
     causal, padding columns are never seen."""
-    ctx = length - 1
-    rows = np.arange(width)[:, None]
-    cols = np.arange(width)[None, :]
-    visible = ((cols < ctx) | (cols <= rows)) & (cols < length)
-    return np.where(visible, 0.0, MASKED).astype(np.float32)[None, None]
+    return causal_mask(length, width, seen_by_all=length - 1)
 
 
 class GlmFamily:
