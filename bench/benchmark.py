@@ -5,7 +5,7 @@ then the seeing default model's vision time and first-token latency with and wit
 
 Runtimes, both fp32 on CPU with the same thread count:
   split nets, ONNX Runtime  this project: Generator.prefill / Generator.decode over the exported nets
-  transformers eager        models.hf_reference.transformers_llama on the very same weights
+  transformers eager        training.torch_llama.transformers_llama on the very same weights
                             (read_llama_gguf), one forward per token with a KV cache, inference_mode
 
 Figures, for one chat prompt and N new tokens chosen by greedy argmax (stop tokens ignored, so
@@ -108,7 +108,7 @@ def load_transformers(threads: int) -> tuple[Runtime, list[int]]:
     from language.families.llama import LlamaFamily
     from models.catalog import TEXT_MODEL, find_smollm2_gguf
     from models.gguf_llama import read_llama_gguf
-    from models.hf_reference import transformers_llama
+    from training.torch_llama import transformers_llama
     from language.tokenizers import load_tokenizer
 
     torch.set_num_threads(threads)

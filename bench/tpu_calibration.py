@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from compile.bmodel import NetPlan, compile_net, input_shapes  # noqa: E402
 from export.chatglm3_layout import (CHATGLM3_6B, block_cache_net, block_net, embedding_net,  # noqa: E402
                                     lm_head_net, rope_tables)
-from models.tiny_chatglm3 import tiny_chatglm3  # noqa: E402
+from tests.fixtures.tiny_chatglm3 import tiny_chatglm3  # noqa: E402
 from runtime.tpu_mlir import find_toolchain  # noqa: E402
 
 SEQ = 512

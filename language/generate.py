@@ -21,7 +21,7 @@ import numpy as np
 
 from language.embedding import Embedding, HostEmbedding, NetEmbedding, bucket_net, check_table
 from language.families.base import Family
-from language.sampling import Sampler
+from language.sampling import PENALTY_WINDOW, Sampler, penalty_window
 from runtime.backend import Backend, ModelFileError, NetSpec, Tensor, TensorSpec
 
 
@@ -80,7 +80,9 @@ class TokenGenerator(Protocol):
 def sample_tokens(logits: np.ndarray, pick: Callable[[np.ndarray, np.ndarray], int],
                   decode: Callable[[int], np.ndarray], has_room: Callable[[], bool], max_new_tokens: int,
                   stop_ids: frozenset[int], seen: np.ndarray) -> Steps[int, None, str]:
-    """The loop every generator shares: pick a token, stop or yield it, decode it."""
+    """The loop every generator shares: pick a token, stop or yield it, decode it. `seen` is the
+    prompt's ids, which the repetition penalty may look at (see penalty_window)."""
+    seen = penalty_window(seen, stop_ids)
     for step in range(max_new_tokens):
         token = pick(logits, seen)
         if token in stop_ids:
@@ -89,7 +91,7 @@ def sample_tokens(logits: np.ndarray, pick: Callable[[np.ndarray, np.ndarray], i
         if not has_room():
             return "context"
         if step + 1 < max_new_tokens:
-            seen = np.append(seen, token)
+            seen = np.append(seen, token)[-PENALTY_WINDOW:]
             logits = decode(token)
     return "length"
 

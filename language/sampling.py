@@ -14,7 +14,7 @@ class SamplingSettings:
     temperature: float = 0.0  # 0 picks the most likely token every step
     top_p: float = 0.9
     top_k: int = 40
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = 1.0  # 1 leaves the scores alone, so temperature 0 is plain greedy
     seed: int | None = None
 
     def __post_init__(self):
@@ -36,6 +36,16 @@ class SamplingSettings:
             raise ValueError("top_k must be >= 0 (0 keeps every token)")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
+
+
+PENALTY_WINDOW = 64  # tokens the repetition penalty looks back over (llama.cpp's repeat_last_n)
+
+
+def penalty_window(ids: np.ndarray, stop_ids: frozenset[int]) -> np.ndarray:
+    """The tokens a repetition penalty applies to: the last PENALTY_WINDOW of prompt and answer,
+    leaving out stop tokens, so that earlier turns' ends do not make this answer's end less likely."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids[~np.isin(ids, list(stop_ids))][-PENALTY_WINDOW:]
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:

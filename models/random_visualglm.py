@@ -1,8 +1,8 @@
 """A random-weight VisualGLM-6B written as a Hugging Face checkpoint folder, at any size: the
-tiny one the converter's tests use, or the real one (~7.8 B parameters, ~15.6 GB in float16)
-for trying the converter and the compiler on real sizes without the real weights.
+real one (~7.8 B parameters, ~15.6 GB in float16) for trying the converter and the compiler on
+real sizes without the real weights, or the tests' small ones.
 
-    python -m models.random_visualglm OUT_DIR [--seed 0] [--shard-gb 2] [--size real|tiny]
+    python -m models.random_visualglm OUT_DIR [--seed 0] [--shard-gb 2]
 
 The folder looks like THUDM/visualglm-6b's: a config.json with the same keys (GLM v1's
 `num_layers`, `inner_hidden_size`, ..., the special ids, `image_length`, and the image
@@ -13,23 +13,19 @@ under the real names (`transformer.*`, `lm_head.weight`, `image_encoder.*`, and 
 `rotary_emb.inv_freq` buffers a saved ChatGLM-6B state dict carries) in `torch.save`d shards
 `pytorch_model-0000N-of-0000M.bin` with a `pytorch_model.bin.index.json`, or one
 `pytorch_model.bin`; and tokenizer files by the real names (placeholders: the tests use
-models/tiny_glm.stand_in_tokenizer, which has ChatGLM-6B's special ids). It is written under
+a character-level stand-in with ChatGLM-6B's special ids). It is written under
 `OUT_DIR.partial` and renamed to OUT_DIR when complete.
 
-Two kinds of weights:
-- `write_tiny_visualglm`: models/tiny_glm.py's language model and
-  models/tiny_visualglm_vision.py's image encoder, made in memory with their test-friendly
-  ("peaked") scales, in a fixed two-shard layout that makes a conversion go back and forth.
-- `write_random_visualglm` (the CLI): any size, streamed. Each tensor is drawn on its own
-  from `SeedSequence([seed, crc32(name)])`, so its values depend on the seed and its name
-  only (not on the shard layout) and `random_tensor` regenerates any one of them. Shards are
-  filled in the state dict's order (word embeddings, layers 0..N-1, final LayerNorm, lm_head,
-  image encoder) up to a byte budget; each is generated, saved and freed before the next, so
-  about one shard is in memory at a time. Values are drawn in float32 blocks of
-  `BLOCK_VALUES` and stored as float16, so a 130528 x 4096 table needs no float32 copy.
-  Scales are of the order a trained model's have, so that quantization error measured on
-  these weights means something (but the draws are Gaussian: no outlier channels, which
-  trained LLMs have and which make quantization harder):
+`write_random_visualglm` (the CLI) writes any size, streamed. Each tensor is drawn on its own
+from `SeedSequence([seed, crc32(name)])`, so its values depend on the seed and its name
+only (not on the shard layout) and `random_tensor` regenerates any one of them. Shards are
+filled in the state dict's order (word embeddings, layers 0..N-1, final LayerNorm, lm_head,
+image encoder) up to a byte budget; each is generated, saved and freed before the next, so
+about one shard is in memory at a time. Values are drawn in float32 blocks of
+`BLOCK_VALUES` and stored as float16, so a 130528 x 4096 table needs no float32 copy.
+Scales are of the order a trained model's have, so that quantization error measured on
+these weights means something (but the draws are Gaussian: no outlier channels, which
+trained LLMs have and which make quantization harder):
     Linear / Conv weights   N(0, 1/fan_in), fan_in = the product of all but the first dim
                             (lm_head too: logits of unit scale for a LayerNorm'd input)
     LayerNorm weights       1 + N(0, NOISE_STD^2);   every bias N(0, NOISE_STD^2)
@@ -55,8 +51,6 @@ import numpy as np
 
 from export.glm import GlmArch, rotary_inv_freq
 from export.visualglm_vision import VisualGlmVisionConfig
-from models.tiny_glm import TINY_GLM, tiny_glm
-from models.tiny_visualglm_vision import HF_PREFIX, TINY_VISUALGLM_VISION, tiny_visualglm_vision
 from models.visualglm_checkpoint import CONFIG_FILE, INDEX_FILE, SINGLE_FILE
 
 # Special ids and other constants of THUDM/visualglm-6b's config.json (ChatGLM-6B's).
@@ -68,7 +62,8 @@ EMBEDDING_STD = 0.02
 NOISE_STD = 0.02
 BLOCK_VALUES = 1 << 22  # float32 values drawn at a time (16 MiB)
 GB = 10 ** 9  # --shard-gb counts decimal gigabytes, as Hugging Face's max_shard_size "2GB"
-SIZES = {"real": (GlmArch(), VisualGlmVisionConfig()), "tiny": (TINY_GLM, TINY_VISUALGLM_VISION)}
+HF_PREFIX = "image_encoder."  # the image encoder's tensors in the checkpoint
+CLI_SIZE = (GlmArch(), VisualGlmVisionConfig())  # what the command line writes: THUDM/visualglm-6b's sizes
 
 Progress = Callable[[str], None]
 MakeTensor = Callable[[str], np.ndarray]
@@ -203,48 +198,6 @@ def write_random_visualglm(folder: Path, arch: GlmArch = GlmArch(),
                             make, progress)
 
 
-# ---------------------------------------------------------------- the tiny test checkpoint
-
-def tiny_visualglm(arch: GlmArch = TINY_GLM, vision: VisualGlmVisionConfig = TINY_VISUALGLM_VISION,
-                   seed: int = 0) -> dict[str, np.ndarray]:
-    """Every tensor of the tiny checkpoint, float16, by its Hugging Face name (in state-dict order)."""
-    made = tiny_glm(arch, seed) | tiny_visualglm_vision(vision, seed, prefix=HF_PREFIX, dtype=np.float16)
-    return {name: rotary_buffer(arch) if name.endswith(INV_FREQ) else made[name].astype(np.float16)
-            for name in checkpoint_shapes(arch, vision)}
-
-
-def language_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The GLM's part of the checkpoint (what export_glm reads)."""
-    return {k: v for k, v in tensors.items() if not k.startswith(HF_PREFIX) and "rotary_emb" not in k}
-
-
-def _shard_of(name: str, shards: int, num_layers: int) -> int:
-    """0-based shard: word embeddings, the first half of the layers and the image encoder in
-    the first; the other layers, final norm and lm_head after (so a conversion goes back and forth)."""
-    if shards == 1:
-        return 0
-    if name.startswith("transformer.layers."):
-        layer = int(name.split(".")[2])
-        return min(shards - 1, layer * shards // num_layers)
-    if name.startswith(("transformer.word_embeddings", HF_PREFIX)):
-        return 0
-    return shards - 1
-
-
-def write_tiny_visualglm(folder: Path, arch: GlmArch = TINY_GLM,
-                         vision: VisualGlmVisionConfig = TINY_VISUALGLM_VISION, seed: int = 0,
-                         shards: int = 2) -> dict[str, np.ndarray]:
-    """Write the tiny checkpoint folder; returns its tensors (float16 numpy, real names).
-
-    shards > 1: `pytorch_model-0000N-of-0000M.bin` + `pytorch_model.bin.index.json`;
-    shards == 1: one `pytorch_model.bin`, no index."""
-    tensors = tiny_visualglm(arch, vision, seed)
-    layout = [[name for name in tensors if _shard_of(name, shards, arch.num_layers) == i] for i in range(shards)]
-    shapes = {name: value.shape for name, value in tensors.items()}
-    write_checkpoint(folder, visualglm_config(arch, vision), shapes, layout, tensors.__getitem__)
-    return tensors
-
-
 # ---------------------------------------------------------------- writing the folder
 
 def shard_files(count: int) -> list[str]:
@@ -331,15 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="every tensor is drawn from (seed, its name)")
     parser.add_argument("--shard-gb", type=float, default=2.0,
                         help="float16 bytes per shard, in GB of 10^9 (default 2; a larger tensor gets its own)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="real",
-                        help="real: THUDM/visualglm-6b's sizes (~15.6 GB); tiny: the test model's")
     args = parser.parse_args(argv)
     if args.shard_gb <= 0:
         parser.error("--shard-gb must be positive")
-    arch, vision = SIZES[args.size]
     started = time.monotonic()
     try:
-        write_random_visualglm(args.out_dir, arch, vision, args.seed, int(args.shard_gb * GB),
+        write_random_visualglm(args.out_dir, *CLI_SIZE, args.seed, int(args.shard_gb * GB),
                                progress=lambda message: print(message, flush=True))
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)

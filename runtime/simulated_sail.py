@@ -11,6 +11,10 @@ simulator is picked the way tpu-mlir's own model_runner picks it: lib/libcmodel.
 lib/libbmlib.so.0 of the tpu-mlir install are pointed at that chip's variants under the lock
 file model_runner uses, so the install must be writable (unless already set for that chip).
 
+The simulator's C libraries print progress to standard output at start-up and at every launch
+("[0] do_allreduce: 0."). Their output goes to a log file in the temporary folder instead, so the
+terminal chat shows only the chat.
+
 The simulated device has 4 GiB of memory unless CMODEL_GLOBAL_MEM_SIZE says otherwise (in hex,
 e.g. 0x200000000 for 8 GiB); running out aborts the process inside BMLib, it cannot be caught.
 """
@@ -25,6 +29,7 @@ import functools
 import logging
 import os
 import struct
+import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -200,6 +205,20 @@ def _select_chip(lib: Path, chip: str) -> None:
         _point_link(lib / "libbmlib.so.0", bmlib)
 
 
+class _NativeOutput:
+    """A log file that the C libraries' standard output goes to. libc's `stdout` stream is
+    swapped for one on the log, so C's printf lands there while file descriptor 1, which
+    Python writes to, keeps the terminal."""
+
+    def __init__(self):
+        self.path = Path(tempfile.gettempdir()) / f"visualglm-simulator-{os.getpid()}.log"
+        libc = ctypes.CDLL(None)
+        libc.fdopen.restype, libc.fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
+        log = libc.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), b"a")
+        if log:
+            ctypes.c_void_p.in_dll(libc, "stdout").value = log
+
+
 class _Device:
     """The process's simulated device: the loaded libraries, the bm_handle and what lives on it."""
 
@@ -207,6 +226,7 @@ class _Device:
         self.chip, self.dev_id = chip, dev_id
         # BMLib dlopens "libcmodel.so" from its own folder in bm_dev_request, and BMRuntime links
         # libbmlib.so.0: both must be loaded while the links point at this chip, under the lock.
+        self.output = _NativeOutput()
         fd = os.open(CMODEL_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -276,7 +296,7 @@ def _open_device(chip: str, dev_id: int) -> _Device:
                                      f"for {chip}")
             _device = _Device(library_dir(find_toolchain()), chip, dev_id)
             log.warning("SIMULATED TPU: tpu-mlir chip simulator (cmodel) for %s, not hardware; ~1000x slower "
-                        "than the chip; timings mean nothing", chip)
+                        "than the chip; timings mean nothing (the simulator's own output: %s)", chip, _device.output.path)
         elif _device.chip != chip:
             raise SimulatorError(f"this process already simulates a {_device.chip}; a bmodel for {chip} needs "
                                  f"a process of its own (one chip simulator per process)")

@@ -6,7 +6,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest  # noqa: E402
 
 from models.loader import load_chat_model  # noqa: E402
-from models.tiny import export_tiny_llama  # noqa: E402
+from tests.fixtures.tiny_llama import export_tiny_llama  # noqa: E402
 
 TINY_SEQ = 128
 
@@ -80,7 +80,7 @@ def tiny_seeing_dir(tmp_path_factory):
 
     Returns (directory, llama weights, torch vision tower) so tests can rebuild the reference.
     """
-    from models.tiny import TINY_LLAMA
+    from tests.fixtures.tiny_llama import TINY_LLAMA
 
     tower, vision_tensors = tiny_vision(TINY_LLAMA.hidden_size)
     out = tmp_path_factory.mktemp("tiny-seeing")
@@ -114,10 +114,19 @@ def app(tiny_seeing):
     demo.close()
 
 
+class LiveApp(NamedTuple):
+    url: str
+    pid: int
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
 @contextmanager
-def running_app(model_dir, log_path, *flags: str, env: dict | None = None) -> Iterator[str]:
+def running_app(model_dir, log_path, *flags: str, env: dict | None = None) -> Iterator[LiveApp]:
     """`python app.py` on a model directory in its own process, its output in log_path; yields
-    its URL once the page answers."""
+    its URL and process id once the page answers."""
     port = free_port()
     root = Path(__file__).resolve().parents[1]
     with open(log_path, "w") as log:
@@ -134,7 +143,7 @@ def running_app(model_dir, log_path, *flags: str, env: dict | None = None) -> It
                     if time.time() > deadline or server.poll() is not None:
                         pytest.fail(f"the app did not answer locally: {Path(log_path).read_text()[-2000:]}")
                     time.sleep(0.5)
-            yield f"http://127.0.0.1:{port}/"
+            yield LiveApp(f"http://127.0.0.1:{port}/", server.pid)
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -17,8 +17,8 @@ import pytest
 
 from compile.bmodel import compile_model
 from compile.bmodel_info import BmodelInfo, read_bmodel_info
-from models.tiny import TINY_LLAMA, export_tiny_llama
-from models.tiny_glm import TINY_GLM, export_tiny_glm
+from tests.fixtures.tiny_llama import TINY_LLAMA, export_tiny_llama
+from tests.fixtures.tiny_glm import TINY_GLM, export_tiny_glm
 
 pytestmark = pytest.mark.simulator
 

@@ -3,7 +3,7 @@ and an lm_head that returns the argmax token.
 
 A tiny random ChatGLM3 is exported in that layout (export/chatglm3_layout.py) and run by
 language/shifted_generate.py on ONNX Runtime; a numpy reference that recomputes the whole
-sequence every step (models/tiny_chatglm3.py) gives the expected greedy tokens and logits.
+sequence every step (tests/fixtures/tiny_chatglm3.py) gives the expected greedy tokens and logits.
 Where tpu-mlir is installed, the same nets are also compiled to a bmodel and run on its chip
 simulator through the sail backend.
 """
@@ -22,7 +22,7 @@ from language.generate import ContextOverflow, Generator
 from language.sampling import Sampler, SamplingSettings
 from language.shifted_generate import (APPENDED, GREEDY_NOTICE, SHIFTED, ShiftedGenerator, detect_layout,
                                        make_generator, right_aligned)
-from models.tiny_chatglm3 import TINY_CHATGLM3, export_tiny_chatglm3, greedy_reference, reference_logits, \
+from tests.fixtures.tiny_chatglm3 import TINY_CHATGLM3, export_tiny_chatglm3, greedy_reference, reference_logits, \
     stand_in_tokenizer
 from runtime import open_backend
 from runtime.backend import ModelFileError
@@ -98,7 +98,7 @@ def test_positions_masks_and_answers(family):
 def test_text_only_and_wrong_tokenizer_refused(family, tokenizer):
     with pytest.raises(ValueError, match="text-only"):
         family.encode([], "What is this?", image_tokens=4)
-    from models.tiny_glm import stand_in_tokenizer as glm_tokenizer
+    from tests.fixtures.tiny_glm import stand_in_tokenizer as glm_tokenizer
 
     with pytest.raises(ValueError, match="wrong tokenizer"):
         Chatglm3Family(glm_tokenizer())  # ChatGLM-6B's [gMASK] is 130001

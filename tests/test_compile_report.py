@@ -9,7 +9,7 @@ import pytest
 from compile.bmodel import compile_model
 from compile.report import BOARDS, CALIBRATION, main, memory, render, speed
 from models.loader import load_chat_model
-from models.random_visualglm import write_tiny_visualglm
+from tests.fixtures.tiny_visualglm import write_tiny_visualglm
 from models.store import read_config
 from models.visualglm_checkpoint import convert
 from runtime.backend import ModelFileError

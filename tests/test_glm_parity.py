@@ -29,7 +29,7 @@ from language.families.glm import EOP_ID, GMASK_ID, SOP_ID, GlmFamily, process_r
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
 from models.store import read_config
-from models.tiny_glm import TINY_GLM, export_tiny_glm, stand_in_tokenizer
+from tests.fixtures.tiny_glm import TINY_GLM, export_tiny_glm, stand_in_tokenizer
 from runtime import open_backend
 
 SEQ = 2048  # the published max_sequence_length: room for the long prompt

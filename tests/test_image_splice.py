@@ -8,8 +8,8 @@ from language.chat import Done
 from language.families import Turn
 from language.families.llama import IMAGE_PLACEHOLDER_ID
 from language.sampling import Sampler, SamplingSettings
-from models.hf_reference import transformers_llama
-from models.tiny import TINY_LLAMA
+from training.torch_llama import transformers_llama
+from tests.fixtures.tiny_llama import TINY_LLAMA
 from vision.preprocess import to_pixels
 
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=12)

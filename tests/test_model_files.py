@@ -7,7 +7,7 @@ import pytest
 
 from models.loader import load_chat_model
 from models import catalog
-from models.tiny import export_tiny_llama
+from tests.fixtures.tiny_llama import export_tiny_llama
 from runtime.backend import ModelFileError
 
 

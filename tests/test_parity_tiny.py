@@ -7,9 +7,10 @@ import numpy as np
 
 from language.families import Turn
 from language.sampling import Sampler, SamplingSettings
-from models.tiny import TINY_LLAMA
+from tests.fixtures.tiny_llama import TINY_LLAMA
 from tests.conftest import TINY_SEQ
-from models.hf_reference import greedy_reference, teacher_forced_logits, transformers_llama
+from tests.fixtures.hf_reference import greedy_reference, teacher_forced_logits
+from training.torch_llama import transformers_llama
 
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=20)
 

@@ -9,6 +9,7 @@ import torch
 
 from export.glm import GlmArch
 from export.visualglm_vision import VisualGlmVisionConfig
+from models import random_visualglm
 from models.random_visualglm import (
     INV_FREQ,
     checkpoint_shapes,
@@ -22,6 +23,8 @@ from models.random_visualglm import (
     write_random_visualglm,
 )
 from models.visualglm_checkpoint import INDEX_FILE, check_checkpoint
+from tests.fixtures.tiny_glm import TINY_GLM
+from tests.fixtures.tiny_visualglm_vision import TINY_VISUALGLM_VISION
 
 SMALL_GLM = GlmArch(hidden_size=128, num_layers=2, num_heads=4, inner_size=512, max_positions=256)
 SMALL_VISION = VisualGlmVisionConfig(image_size=56, patch_size=14, vit_width=64, vit_layers=2, vit_heads=4,
@@ -107,9 +110,10 @@ def test_weights_have_trained_like_scales(written, name, mean, std):
     assert values.std() == pytest.approx(std, rel=0.2)
 
 
-def test_cli_writes_the_tiny_size_and_refuses_a_full_folder(tmp_path, capsys):
+def test_cli_writes_a_checkpoint_and_refuses_a_full_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(random_visualglm, "CLI_SIZE", (TINY_GLM, TINY_VISUALGLM_VISION))  # not 15.6 GB here
     out = tmp_path / "tiny"
-    assert main([str(out), "--size", "tiny", "--shard-gb", "0.01", "--seed", "3"]) == 0
+    assert main([str(out), "--shard-gb", "0.01", "--seed", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # The 16.7 MB vocabulary tables are past the 10 MB budget: each gets a shard of its own.
     assert [line.split()[:2] for line in lines[:-1]] == [
@@ -119,7 +123,7 @@ def test_cli_writes_the_tiny_size_and_refuses_a_full_folder(tmp_path, capsys):
     assert arch.num_layers == 2 and source["lm_head.weight"].shape == (130528, 64)
     np.testing.assert_array_equal(np.asarray(source["lm_head.weight"], np.float16),
                                   random_tensor(3, "lm_head.weight", (130528, 64)))
-    assert main([str(out), "--size", "tiny"]) == 2
+    assert main([str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ from language.embedding import read_table
 from language.families.base import causal_mask, decode_mask
 from models.loader import load_chat_model
 from language.sampling import SamplingSettings
-from models.tiny import TINY_LLAMA, export_tiny_llama
+from tests.fixtures.tiny_llama import TINY_LLAMA, export_tiny_llama
 from runtime import open_backend
 from runtime.backend import BFLOAT16
 from runtime.sail_backend import SailBackend

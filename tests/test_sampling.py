@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from language.sampling import Sampler, SamplingSettings, apply_repetition_penalty
+from language.generate import sample_tokens
+from language.sampling import PENALTY_WINDOW, Sampler, SamplingSettings, apply_repetition_penalty
 
 RNG = np.random.default_rng(1)
 LOGITS = RNG.standard_normal(1000).astype(np.float32) * 3
@@ -53,6 +54,37 @@ def test_repetition_penalty_steers_greedy_away_from_seen_tokens():
     top = int(np.argmax(LOGITS))
     sampler = Sampler(SamplingSettings(temperature=0, repetition_penalty=100.0))
     assert sampler(LOGITS, np.array([top])) != top
+
+
+def test_the_default_settings_are_greedy_even_over_tokens_already_seen():
+    top = int(np.argmax(LOGITS))
+    assert Sampler(SamplingSettings())(LOGITS, np.array([top] * 10)) == top
+
+
+def _first_pick(prompt: list[int], logits: np.ndarray, penalty: float, stop_ids=frozenset({7})) -> int | str:
+    """What the shared generation loop does first: the token it yields, or why it ended."""
+    sampler = Sampler(SamplingSettings(temperature=0, repetition_penalty=penalty))
+    steps = sample_tokens(logits, sampler, lambda token: logits, lambda: True, 1, stop_ids, np.array(prompt))
+    try:
+        return next(steps)
+    except StopIteration as end:
+        return end.value
+
+
+def test_the_penalty_never_holds_back_a_stop_token_from_earlier_turns():
+    logits = np.zeros(100, np.float32)
+    logits[7], logits[8] = 2.0, 1.5  # the stop token 7 is the best; 8 is close behind
+    prompt = [1, 7, 2, 7, 3, 7]  # three earlier turns, each ended by the stop token
+    assert _first_pick(prompt, logits, penalty=1.5) == "stop"
+    assert _first_pick(prompt, logits, penalty=1.5, stop_ids=frozenset({99})) == 8  # were 7 not a stop token
+
+
+def test_the_penalty_looks_back_over_the_last_window_of_tokens_only():
+    logits = np.zeros(100, np.float32)
+    logits[5], logits[6] = 2.0, 1.5
+    recent = [5] + [1] * (PENALTY_WINDOW - 1)  # 5 is the oldest token inside the window
+    assert _first_pick(recent, logits, penalty=2.0) == 6
+    assert _first_pick([5] + recent[1:] + [1], logits, penalty=2.0) == 5  # one token later it has left it
 
 
 @pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_p=1.5),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +266,31 @@ kept[0].memory_set(0)
     assert result.returncode == 0, output
     assert "assert" not in output.lower()
     assert output.count("SIMULATED TPU: tpu-mlir chip simulator (cmodel) for BM1684X, not hardware") == 1
+
+
+def test_the_simulators_own_prints_stay_out_of_standard_output(bmodels):
+    """Its C libraries printf at start-up and at every launch; a terminal chat must show only the chat."""
+    script = f"""
+import numpy as np
+from runtime import simulated_sail as sail
+engine = sail.Engine({str(bmodels["f32io"])!r}, 0, sail.IOMode.DEVIO)
+handle = sail.Handle(0)
+inputs = {{"x": sail.Tensor(handle, [1, 4, 8], sail.Dtype.BM_FLOAT32, False, True),
+          "ids": sail.Tensor(handle, [1, 4, 1], sail.Dtype.BM_INT32, False, True)}}
+outputs = {{n: sail.Tensor(handle, [1, 4, 16], sail.Dtype.BM_FLOAT32, False, True)
+           for n in engine.get_output_names("tiny")}}
+for _ in range(3):
+    engine.process("tiny", inputs, outputs)
+    print("python line", flush=True)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "python line\n" * 3
+    native_log = Path(re.search(r"the simulator's own output: (\S+)\)", result.stderr)[1])
+    assert "cmodel init" in native_log.read_text()  # what used to reach the terminal
+    native_log.unlink()
 
 
 def test_missing_toolchain_names_the_setup_script(monkeypatch, tmp_path):

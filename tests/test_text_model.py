@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from language.sampling import Sampler, SamplingSettings
 from models import catalog
-from models.hf_reference import greedy_reference, teacher_forced_logits
+from tests.fixtures.hf_reference import greedy_reference, teacher_forced_logits
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ from language.families.glm import GlmFamily
 from language.embedding import read_table
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
-from models.random_visualglm import language_tensors, write_tiny_visualglm
+from tests.fixtures.tiny_visualglm import language_tensors, write_tiny_visualglm
 from models.store import read_config
-from models.tiny_glm import TINY_GLM, stand_in_tokenizer
-from models.tiny_visualglm_vision import TINY_VISUALGLM_VISION as TINY_VISION
+from tests.fixtures.tiny_glm import TINY_GLM, stand_in_tokenizer
+from tests.fixtures.tiny_visualglm_vision import TINY_VISUALGLM_VISION as TINY_VISION
 from models.visualglm_checkpoint import INDEX_FILE, CheckpointError, CheckpointTensors, convert, main
 from runtime import open_backend
 from tests.test_glm_parity import reference_greedy

@@ -11,8 +11,8 @@ from language.embedding import read_table
 from language.families.glm import GlmFamily
 from language.generate import Generator, ImageRows
 from language.sampling import Sampler, SamplingSettings
-from models.tiny_glm import stand_in_tokenizer
-from models.random_visualglm import write_tiny_visualglm
+from tests.fixtures.tiny_glm import stand_in_tokenizer
+from tests.fixtures.tiny_visualglm import write_tiny_visualglm
 from models.visualglm_checkpoint import convert
 from runtime import open_backend
 from vision.encoder import VisionEncoder

@@ -11,8 +11,8 @@ from PIL import Image
 
 from export.visualglm_vision import (VisionCheckpointError, VisualGlmVisionConfig, check_vision_checkpoint,
                                      export_visualglm_vision, vision_parameter_names)
-from models.tiny_visualglm_vision import TINY_VISUALGLM_VISION as TINY
-from models.tiny_visualglm_vision import tiny_visualglm_vision
+from tests.fixtures.tiny_visualglm_vision import TINY_VISUALGLM_VISION as TINY
+from tests.fixtures.tiny_visualglm_vision import tiny_visualglm_vision
 from runtime import open_backend
 from vision.encoder import VisionEncoder
 from vision.preprocess import to_pixels

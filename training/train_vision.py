@@ -40,7 +40,7 @@ from torch import nn
 from language.families.llama import LlamaFamily
 from models.catalog import TEXT_MODEL, find_smollm2_gguf
 from models.gguf_llama import read_llama_gguf
-from models.hf_reference import transformers_llama
+from training.torch_llama import transformers_llama
 from language.tokenizers import load_tokenizer
 from training.examples import (COLOUR_LABELS, COUNT_LABELS, POSITION_LABELS, SHAPE_LABELS, TEXT_PROMPTS, Example,
                                easy_vqa, generated, text_only)

@@ -24,7 +24,7 @@ pairs -- that lives in the nets (export/chatglm3_layout.py), not here.
 
 The tokenizer is anything with encode(text, add_special_tokens=False) and decode(ids, ...):
 THUDM's ChatGLMTokenizer (sentencepiece `tokenizer.model`, loaded with trust_remote_code) or
-a stand-in (models/tiny_chatglm3.py). When it knows the special tokens, their ids are
+a stand-in (tests/fixtures/tiny_chatglm3.py). When it knows the special tokens, their ids are
 checked against the ones above.
 """
 from __future__ import annotations

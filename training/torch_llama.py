@@ -1,4 +1,5 @@
-"""transformers (PyTorch) models on the same weights: the reference for parity tests and benchmarks.
+"""A transformers (PyTorch) llama on the project's weights: what training back-propagates
+through, and the reference for the parity tests and the benchmark.
 
 Needs torch, which the app itself does not."""
 from __future__ import annotations
@@ -23,18 +24,3 @@ def transformers_llama(arch: LlamaArch, tensors: dict[str, np.ndarray]) -> Llama
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     return model
-
-
-def greedy_reference(model, ids: list[int], new_tokens: int, stop_ids) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False,
-                             eos_token_id=sorted(stop_ids), pad_token_id=0)
-    generated = out[0, len(ids):].tolist()
-    stops = [i for i, t in enumerate(generated) if t in stop_ids]
-    return generated[: stops[0]] if stops else generated
-
-
-def teacher_forced_logits(model, ids: list[int]) -> np.ndarray:
-    """Logits after every position of `ids`: [len(ids), vocab]."""
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
