@@ -181,7 +181,7 @@ class Generator:
         self.backend, self.family, self.slots = backend, family, 1
         self.nets = backend.nets()
         self.layout = NetLayout.read(self.nets, host_embedding=embedding_table is not None)
-        b, block = backend, self.nets["block_cache_0"]
+        block = self.nets["block_cache_0"]
         cache_spec = block.inputs[3]
         if embedding_table is None:
             widest = self.layout.prefill_widths[-1] if self.layout.prefill_widths else None
