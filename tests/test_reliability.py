@@ -97,6 +97,37 @@ def test_bad_api_requests_are_400s(live):
                       timeout=30).status_code == 200
 
 
+def test_eight_sessions_at_once_each_get_the_answer_about_their_own_picture(live, tmp_path):
+    url, *_ = live
+    colours = [(220, 30, 30), (30, 200, 40), (30, 60, 220), (240, 220, 30), (250, 250, 250), (10, 10, 10),
+               (160, 40, 200), (250, 140, 20)]
+    for n, colour in enumerate(colours):
+        (tmp_path / f"{n}.png").write_bytes(png(Image.new("RGB", (48, 48), colour)))
+
+    def sessions() -> list[Client]:
+        pages = [Client(url, verbose=False) for _ in colours]
+        for n, page in enumerate(pages):
+            page.predict(handle_file(str(tmp_path / f"{n}.png")), False, *SETTINGS, api_name="/set_image")
+        return pages
+
+    alone = [last_text(page.predict("What colour is it?", *SETTINGS, api_name="/image_chat")[1])
+             for page in sessions()]
+    assert len(set(alone)) > 1  # the pictures lead to different answers, so a mix-up would show
+    jobs = [page.submit("What colour is it?", *SETTINGS, api_name="/image_chat") for page in sessions()]
+    assert [last_text(job.result(timeout=60)[1]) for job in jobs] == alone
+
+
+def test_a_cancelled_answer_keeps_its_text_and_the_session_answers_again(live):
+    url, *_ = live
+    page = Client(url, verbose=False)
+    job = page.submit("Tell me a long story", 2000, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
+    while len(job.outputs()) < 3:
+        assert not job.done(), "the answer ended before it could be cancelled"
+    job.cancel()
+    _, messages, stats = page.predict("Hello", *SETTINGS, api_name="/text_chat")
+    assert "tokens/s" in stats and len(messages) == 4 and last_text(messages[:2])  # the cut answer is kept
+
+
 def queue_protocol(url: str, api_name: str, data: str, session: str) -> list:
     """Send an event's inputs as raw JSON through Gradio's queue (`data` may hold what
     gradio_client cannot send, such as NaN); returns the event's final outputs."""
