@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from export.cpu_weights import WEIGHTS
 from language.chat import ChatModel
 from language.sampling import SamplingSettings
-from models.catalog import DEFAULT_MODEL, DEFAULT_SEQ_LEN
+from models.catalog import DEFAULT_CPU_WEIGHTS, DEFAULT_MODEL, DEFAULT_SEQ_LEN
 from runtime import BACKENDS, BMODEL_BACKENDS
 
 
@@ -24,6 +25,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             "with its config.json beside it")
     group.add_argument("--dev-id", type=int, default=0, help="TPU device number for the sail backends (default: 0)")
     group.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
+    group.add_argument("--weights", choices=list(WEIGHTS), default=DEFAULT_CPU_WEIGHTS,
+                       help="how a named model's nets keep their matrices on the CPU backend: float32, or "
+                            f"8- or 4-bit blocks (default: {DEFAULT_CPU_WEIGHTS}; a model directory is used as it is)")
     group.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
                        help=f"context length when exporting the default model (default: {DEFAULT_SEQ_LEN})")
 
@@ -63,7 +67,7 @@ def open_model(args: argparse.Namespace) -> tuple[SamplingSettings, ChatModel] |
         elif args.bmodel is not None:
             raise ValueError(f"--bmodel needs a TPU backend (sail or sail-simulator), not {backend}")
         else:
-            model_path = prepare_model(args.model, seq_len=args.seq_len)
+            model_path = prepare_model(args.model, seq_len=args.seq_len, weights=args.weights)
         return settings, load_chat_model(model_path, backend=backend, threads=args.threads, dev_id=args.dev_id)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -320,9 +320,13 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
                                  ("--embedding", embedding, EMBEDDING)):
         if value is not None and value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}")
-    home = find_toolchain()
     model_dir = Path(model_dir)
     config = read_config(model_dir)
+    if config.get("weights", "fp32") != "fp32":
+        raise ValueError(f"{model_dir} holds the CPU's {config['weights']} nets (ONNX Runtime's MatMulNBits), which "
+                         f"the TPU compiler cannot read: compile the float32 export (the model's name, or its "
+                         f"directory without the -{config['weights']} suffix)")
+    home = find_toolchain()
     context = cache_length(model_dir)
     widths = sorted(set(prefill_widths or default_widths(context)))
     if widths[0] < 1 or widths[-1] > context:

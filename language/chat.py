@@ -65,13 +65,15 @@ def valid_text(text: str) -> str:
 
 class ChatModel:
     def __init__(self, generator: TokenGenerator, family: Family, tokenizer, name: str = "model",
-                 vision: VisionEncoder | None = None):
+                 vision: VisionEncoder | None = None, weights: str | None = None):
+        """`weights`: how the nets store their weights (fp32, int8, ...), where the model files say."""
         self.generator, self.family, self.tokenizer, self.name = generator, family, tokenizer, name
-        self.vision = vision
+        self.vision, self.weights = vision, weights
 
     @property
     def runs_on(self) -> str:
-        return self.generator.backend.device
+        device = self.generator.backend.device
+        return f"{device}, {self.weights} weights" if self.weights else device
 
     @property
     def context_length(self) -> int:

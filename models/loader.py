@@ -29,5 +29,6 @@ def load_chat_model(model_path: Path, backend: str = "onnx", threads: int | None
     runtime = open_backend(backend, model_path, threads=threads, dev_id=dev_id)
     vision = VisionEncoder(runtime) if "vision" in runtime.nets() else None
     generator = make_generator(runtime, family, read_table(model_dir))
+    weights = config.get("weights", "fp32") if not model_path.is_file() else None  # a bmodel: compile's modes
     return ChatModel(generator, family, tokenizer, name=config.get("name", model_dir.name),
-                     vision=vision)
+                     vision=vision, weights=weights)

@@ -324,7 +324,7 @@ def test_the_default_model_streams_a_correct_answer_about_a_picture_to_the_opena
     from models import catalog
     from training.evaluate import correct
 
-    model = load_chat_model(catalog.prepare_model(catalog.VISION_MODEL))
+    model = load_chat_model(catalog.prepare_model(catalog.VISION_MODEL, weights=catalog.DEFAULT_CPU_WEIGHTS))
     image = Image.new("RGB", (400, 300), "white")  # a red circle, as a photo would come
     ImageDraw.Draw(image).ellipse([60, 50, 220, 210], fill=(230, 20, 30))
     photo = io.BytesIO()

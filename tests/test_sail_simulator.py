@@ -99,7 +99,7 @@ def test_f16_model_answers_with_the_same_tokens_as_onnx_runtime(compiled, simula
     bmodel = compiled("F16")
     on_cpu = load_chat_model(tiny_seeing_dir[0])
     on_sim = load_chat_model(bmodel, backend="sail-simulator")
-    assert on_sim.runs_on.startswith("SIMULATED TPU") and on_cpu.runs_on == "CPU (ONNX Runtime)"
+    assert on_sim.runs_on.startswith("SIMULATED TPU") and on_cpu.runs_on == "CPU (ONNX Runtime), fp32 weights"
     greedy = SamplingSettings(max_new_tokens=8, repetition_penalty=1.0)
     picture = Image.new("RGB", (40, 30), (200, 30, 30))
     with_image = [m.reply([], "What is this?", greedy, image=picture) for m in (on_cpu, on_sim)]

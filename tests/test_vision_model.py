@@ -20,7 +20,7 @@ GREEDY = SamplingSettings(max_new_tokens=24)
 def seeing_model():
     from models.loader import load_chat_model
 
-    return load_chat_model(catalog.prepare_model(catalog.VISION_MODEL))
+    return load_chat_model(catalog.prepare_model(catalog.VISION_MODEL, weights=catalog.DEFAULT_CPU_WEIGHTS))
 
 
 def photo_of_a_red_circle() -> Image.Image:
