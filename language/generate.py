@@ -301,13 +301,21 @@ class Generator:
         kv = self.slot(slot)
         if kv.filled >= self.layout.cache_length:
             raise ContextOverflow("the KV cache is full")
-        b, hidden = self.backend, self._hidden
-        b.write(self._position, self.family.decode_position(kv.filled, kv.prompt_length))
-        b.write(self._mask, self.family.decode_mask(kv.filled, self.layout.cache_length))
+        b, hidden, filled = self.backend, self._hidden, kv.filled
+        b.write(self._position, self.family.decode_position(filled, kv.prompt_length))
         self.embedding.decode(token, hidden[0])
-        offset = kv.filled * self.row
-        for i in range(self.layout.num_layers):
-            b.run(f"block_cache_{i}", [hidden[0], self._position, self._mask, kv.k[i], kv.v[i]],
+        if b.reads_filled_history:  # attend over the filled rows only: the cost follows the conversation
+            mask = b.view(self._mask, (*self._mask.shape[:-1], filled + 1))
+            b.write(mask, self.family.decode_mask(filled, filled))
+            history = [(b.view(kv.k[i], (1, filled, *self._cache_spec.shape[2:])),
+                        b.view(kv.v[i], (1, filled, *self._cache_spec.shape[2:]))) for i in range(self.layout.num_layers)]
+        else:
+            mask = self._mask
+            b.write(mask, self.family.decode_mask(filled, self.layout.cache_length))
+            history = list(zip(kv.k, kv.v))
+        offset = filled * self.row
+        for i, (history_k, history_v) in enumerate(history):
+            b.run(f"block_cache_{i}", [hidden[0], self._position, mask, history_k, history_v],
                   [hidden[1], *self._present])
             b.copy(kv.k[i], self._present[0], self.row, dst_offset=offset)
             b.copy(kv.v[i], self._present[1], self.row, dst_offset=offset)

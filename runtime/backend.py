@@ -53,6 +53,7 @@ class Backend(Protocol):
     name: str
     device: str  # where the nets run, as users should read it ("CPU (ONNX Runtime)", "TPU 0 (sophon-sail)")
     in_host_memory: bool  # its tensors live in the host's RAM (a CPU backend), not in device memory
+    reads_filled_history: bool  # its decode nets take only a cache's filled rows (see view), not all SEQ
 
     def nets(self) -> dict[str, NetSpec]:
         """Every net the model files provide, with their input and output specs."""
@@ -68,6 +69,10 @@ class Backend(Protocol):
 
     def copy(self, dst: Tensor, src: Tensor, count: int, dst_offset: int = 0, src_offset: int = 0) -> None:
         """Copy `count` elements inside the backend; offsets count elements, as sail's sync_d2d."""
+
+    def view(self, tensor: Tensor, shape: Sequence[int]) -> Tensor:
+        """The first prod(shape) elements of `tensor`, as a tensor of `shape` sharing its memory.
+        Only where reads_filled_history: compiled nets have static shapes."""
 
     def run(self, net: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -> None:
         """Run one net, reading `inputs` and writing `outputs` in place (both in net order)."""

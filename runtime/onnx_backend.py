@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from runtime.backend import ModelFileError, NetSpec, TensorSpec
@@ -38,27 +39,52 @@ def _use_global_thread_pool(threads: int) -> None:
 class OrtTensor:
     def __init__(self, array: np.ndarray):
         self.array = array
-        self.value = ort.OrtValue.ortvalue_from_numpy(array)
+        self.value = ort.OrtValue.ortvalue_from_numpy(array)  # aliases the array's memory
         self.shape = array.shape
         self.dtype = array.dtype
 
 
-def _spec(arg) -> TensorSpec:
-    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+HISTORY_INPUTS = {"history_k": 1, "history_v": 1, "attention_mask": 3}  # decode nets' cache-long dimensions
+
+
+def _spec(arg, declared: tuple[int, ...] | None = None) -> TensorSpec:
+    shape = declared or tuple(d if isinstance(d, int) else None for d in arg.shape)
     return TensorSpec(arg.name, shape, np.dtype(_NP_TYPES[arg.type]))
 
 
-def _load_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+def _filled_history(path: Path) -> tuple[bytes, dict[str, tuple[int, ...]]] | None:
+    """A block_cache net with its cache-long input dimensions (history rows, mask width) left to
+    run time, so that a step attends over the filled rows only; and those inputs' shapes as
+    the file declares them. None when the net has no such inputs. The exported graphs reshape
+    with -1 and 0 only, so nothing else in them depends on SEQ."""
+    model = onnx.load(str(path))
+    inputs = {tensor.name: tensor.type.tensor_type.shape for tensor in model.graph.input}
+    if not set(HISTORY_INPUTS) <= set(inputs):
+        return None
+    declared = {name: tuple(d.dim_value for d in inputs[name].dim) for name in HISTORY_INPUTS}
+    for name, axis in HISTORY_INPUTS.items():
+        inputs[name].dim[axis].dim_param = "filled_and_new" if name == "attention_mask" else "filled"
+    return model.SerializeToString(), declared
+
+
+def _load_session(path: Path, options: ort.SessionOptions) -> tuple[ort.InferenceSession, NetSpec]:
+    """The net's session, and its spec as the file declares it (static cache shapes included)."""
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        relaxed = _filled_history(path) if path.stem.startswith("block_cache_") else None
+        session = ort.InferenceSession(relaxed[0] if relaxed else str(path), options,
+                                       providers=["CPUExecutionProvider"])
     except Exception as exc:  # a truncated or foreign file
         raise ModelFileError(f"cannot load {path.name}: {exc}") from exc
+    declared = relaxed[1] if relaxed else {}
+    return session, NetSpec(path.stem, tuple(_spec(a, declared.get(a.name)) for a in session.get_inputs()),
+                            tuple(_spec(a) for a in session.get_outputs()))
 
 
 class OnnxBackend:
     name = "onnx"
     device = "CPU (ONNX Runtime)"
     in_host_memory = True
+    reads_filled_history = True
 
     def __init__(self, model_dir: Path, threads: int | None = None):
         self.model_dir = Path(model_dir)
@@ -72,13 +98,9 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Session creation releases the GIL: loading the nets side by side halves start-up.
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            sessions = list(pool.map(lambda path: _load_session(path, options), files))
-        self._sessions = {path.stem: session for path, session in zip(files, sessions)}
-        self._specs = {
-            name: NetSpec(name, tuple(_spec(a) for a in session.get_inputs()),
-                          tuple(_spec(a) for a in session.get_outputs()))
-            for name, session in self._sessions.items()
-        }
+            loaded = list(pool.map(lambda path: _load_session(path, options), files))
+        self._sessions = {path.stem: session for path, (session, _) in zip(files, loaded)}
+        self._specs = {path.stem: spec for path, (_, spec) in zip(files, loaded)}
 
     def nets(self) -> dict[str, NetSpec]:
         return dict(self._specs)
@@ -94,6 +116,9 @@ class OnnxBackend:
 
     def copy(self, dst: OrtTensor, src: OrtTensor, count: int, dst_offset: int = 0, src_offset: int = 0) -> None:
         dst.array.reshape(-1)[dst_offset:dst_offset + count] = src.array.reshape(-1)[src_offset:src_offset + count]
+
+    def view(self, tensor: OrtTensor, shape: Sequence[int]) -> OrtTensor:
+        return OrtTensor(tensor.array.reshape(-1)[:int(np.prod(shape))].reshape(tuple(shape)))
 
     def run(self, net: str, inputs: Sequence[OrtTensor], outputs: Sequence[OrtTensor]) -> None:
         spec = self._specs[net]

@@ -58,6 +58,7 @@ class SailTensor:
 class SailBackend:
     name = "sail"
     in_host_memory = False
+    reads_filled_history = False  # a bmodel's shapes are fixed: the decode nets read the whole cache
 
     def __init__(self, bmodel: Path, dev_id: int = 0, sail: ModuleType | None = None):
         self.bmodel = Path(bmodel)
@@ -126,6 +127,9 @@ class SailBackend:
             raise TypeError(f"device copy between {src.dtype} and {dst.dtype} tensors")
         if count > 0:
             dst.tensor.sync_d2d(src.tensor, src_offset, dst_offset, count)
+
+    def view(self, tensor: SailTensor, shape: Sequence[int]) -> SailTensor:
+        raise NotImplementedError("bmodel nets have static shapes: they read the whole KV cache")
 
     def run(self, net: str, inputs: Sequence[SailTensor], outputs: Sequence[SailTensor]) -> None:
         input_names, output_names = self._names[net]

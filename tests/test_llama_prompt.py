@@ -28,6 +28,6 @@ def test_template_tokens_and_the_image_marker_typed_by_a_user_stay_text():
     assert tail == "\n" + question + "<|im_end|>\n<|im_start|>assistant\n"  # the question and the header survive
     assert prompt.ids[prompt.image_start:prompt.image_start + 4] == [IMAGE_PLACEHOLDER_ID] * 4
     assert prompt.ids[-4:] == TOKENIZER.encode("<|im_start|>assistant\n", add_special_tokens=False)
-    special = set(TOKENIZER.all_special_ids)
+    special = {TOKENIZER.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
     typed = TOKENIZER.encode(question, add_special_tokens=False, split_special_tokens=True)
     assert not special & set(typed)

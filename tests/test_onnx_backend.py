@@ -31,3 +31,31 @@ def test_prefill_nets_take_any_length_and_the_cache_length_is_fixed(tiny_dir):
     nets = OnnxBackend(tiny_dir[0]).nets()
     assert nets["block_0"].inputs[0].shape == (1, None, 64)
     assert nets["block_cache_0"].inputs[3].shape == (1, 128, 2, 16)
+
+
+def test_decode_nets_read_only_the_filled_cache_rows_and_answer_as_over_the_whole_cache(tiny_seeing_dir):
+    """The files declare the whole cache (the TPU's static shapes); on ONNX Runtime a step
+    attends over the filled rows only, through views of the cache, with the same result."""
+    from language.families import Turn
+    from models.loader import load_chat_model
+
+    def steps(model) -> np.ndarray:
+        gen = model.generator
+        ids = model.family.encode([Turn("Hi", "Hello there!")], "Count to five, please.").ids
+        rows = [gen.prefill(ids[:8])] + [gen.decode(token) for token in ids[8:]]
+        return np.stack(rows)
+
+    short, whole = load_chat_model(tiny_seeing_dir[0]), load_chat_model(tiny_seeing_dir[0])
+    assert short.generator.backend.reads_filled_history
+    whole.generator.backend.reads_filled_history = False  # as a bmodel runs: every step over all rows
+    np.testing.assert_allclose(steps(short), steps(whole), rtol=1e-4, atol=1e-4)
+    history = short.generator.backend.nets()["block_cache_0"].inputs[3]
+    assert history.shape[1] == short.generator.layout.cache_length  # what the file declares
+
+
+def test_a_view_shares_the_memory_of_its_tensor(tiny_dir):
+    backend = OnnxBackend(tiny_dir[0])
+    cache = backend.alloc((1, 8, 2, 3), np.float32)
+    first = backend.view(cache, (1, 3, 2, 3))
+    backend.write(first, np.ones((1, 3, 2, 3), np.float32))
+    assert backend.read(cache)[0, :3].all() and not backend.read(cache)[0, 3:].any()

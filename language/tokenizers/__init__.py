@@ -1,12 +1,13 @@
 """Loading a model's tokenizer from its files in token_config/ (one folder per model:
 tokenizer.json, tokenizer_config.json, chat template).
 
-A folder holding ChatGLM-6B's `ice_text.model` or ChatGLM3-6B's `tokenizer.model` (with a
-tokenizer_config.json naming ChatGLMTokenizer) is read by language/tokenizers/sentencepiece_chatglm.py
-instead of transformers (whose ChatGLM tokenizers are remote code)."""
+A folder with a `tokenizer.json` is read by language/tokenizers/json_tokenizer.py, with the
+`tokenizers` library (transformers is not needed at run time). A folder holding ChatGLM-6B's
+`ice_text.model` or ChatGLM3-6B's `tokenizer.model` (with a tokenizer_config.json naming
+ChatGLMTokenizer) is read by language/tokenizers/sentencepiece_chatglm.py (transformers'
+ChatGLM tokenizers are remote code)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 TOKEN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "token_config"
@@ -29,8 +30,8 @@ def load_tokenizer(name: str):
     chatglm = load_chatglm_tokenizer(path)  # None: not a ChatGLM sentencepiece folder
     if chatglm is not None:
         return chatglm
-    # Only the tokenizer is used: without this, transformers warns that PyTorch is missing.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import AutoTokenizer  # imported late: it is slow to import
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path} has neither a tokenizer.json nor a ChatGLM sentencepiece model")
+    from language.tokenizers.json_tokenizer import JsonTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return JsonTokenizer(path)
