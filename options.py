@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.cpu_weights import WEIGHTS
 from language.chat import ChatModel
 from language.sampling import SamplingSettings
 from models.catalog import DEFAULT_CPU_WEIGHTS, DEFAULT_MODEL, DEFAULT_SEQ_LEN
+from models.cpu_weights import WEIGHTS
 from runtime import BACKENDS, BMODEL_BACKENDS
 
 

@@ -5,7 +5,7 @@ then the seeing default model's vision time and first-token latency with and wit
 
 Runtimes, on CPU with the same thread count:
   split nets, ONNX Runtime  this project: Generator.prefill / Generator.decode over the exported nets (fp32)
-  ... int8 / int4 weights   the same nets with their matrices quantized (export/cpu_weights.py);
+  ... int8 / int4 weights   the same nets with their matrices quantized (models/cpu_weights.py);
                             compared with the fp32 nets in the same run
   transformers eager        training.torch_llama.transformers_llama on the very same weights (fp32)
                             (read_llama_gguf), one forward per token with a KV cache, inference_mode

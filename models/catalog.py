@@ -99,7 +99,7 @@ def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_
                   progress: Progress | None = _print_progress, weights: str = "fp32") -> Path:
     """A ready model directory: the path itself, or the named model, exported if needed.
     `weights` (int8, int4) asks for a named model's CPU copy with quantized weights
-    (export/cpu_weights.py), made from the float32 export on first use."""
+    (models/cpu_weights.py), made from the float32 export on first use."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         read_config(path)  # clear error now rather than a missing-file error later
@@ -113,7 +113,7 @@ def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_
                            f"once).", lambda: export_catalog_model(name_or_path, out_dir, seq_len, progress))
     if weights == "fp32":
         return out_dir
-    from export.cpu_weights import quantize_model_dir
+    from models.cpu_weights import quantize_model_dir
 
     quantized = out_dir.with_name(f"{out_dir.name}-{weights}")
     _once(quantized, {**source, "weights": weights}, f"First use of {name_or_path} with {weights} weights: "

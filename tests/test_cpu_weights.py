@@ -1,12 +1,12 @@
-"""CPU nets with 8- and 4-bit weights (export/cpu_weights.py): what they hold, how close they
+"""CPU nets with 8- and 4-bit weights (models/cpu_weights.py): what they hold, how close they
 answer to float32, and that the TPU compiler refuses them."""
 import numpy as np
 import onnx
 import pytest
 
 from compile import bmodel
-from export import cpu_weights
-from export.cpu_weights import quantize_model_dir, quantized_nets
+from models import cpu_weights
+from models.cpu_weights import quantize_model_dir, quantized_nets
 from language.families import Turn
 from models.loader import load_chat_model
 from models.store import read_config, write_config

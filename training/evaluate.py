@@ -110,7 +110,7 @@ def text_agreement(model, reference, label: str, show: int) -> float:
 
 def main() -> None:
     from models.loader import load_chat_model
-    from export.cpu_weights import WEIGHTS
+    from models.cpu_weights import WEIGHTS
     from models.catalog import DEFAULT_CPU_WEIGHTS, DEFAULT_MODEL, TEXT_MODEL, prepare_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

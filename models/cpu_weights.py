@@ -1,6 +1,6 @@
 """Weight-only quantized copies of a model directory, for ONNX Runtime on the CPU.
 
-    python -m export.cpu_weights MODEL_DIR OUT_DIR --weights int8|int4
+    python -m models.cpu_weights MODEL_DIR OUT_DIR --weights int8|int4
 
 Every MatMul with a constant weight in the language model's nets (the blocks and lm_head)
 becomes ONNX Runtime's MatMulNBits, written by ONNX Runtime's own quantizer: 8- or 4-bit
@@ -72,7 +72,7 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, weights: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.cpu_weights", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m models.cpu_weights", description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", type=Path, help="a model directory with float32 nets")
     parser.add_argument("out_dir", type=Path, help="where the quantized copy goes")
     parser.add_argument("--weights", choices=[w for w in WEIGHTS if WEIGHTS[w]], default="int8")
