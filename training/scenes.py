@@ -92,7 +92,6 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
     colour_word = rng.choice(("colour", "color"))
     other_colour = rng.choice([c for c in COLOURS if c != scene.colour])
     other_shape = rng.choice([s for s in SHAPES if s != scene.shape])
-    plural = scene.shape + ("s" if scene.count > 1 else "")
     qa = [
         (f"What {colour_word} is the {rng.choice(('shape', scene.shape))}?" if scene.count == 1
          else f"What {colour_word} are the shapes?", f"{scene.colour.capitalize()}.", scene.colour),
