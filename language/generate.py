@@ -307,8 +307,8 @@ class Generator:
         if b.reads_filled_history:  # attend over the filled rows only: the cost follows the conversation
             mask = b.view(self._mask, (*self._mask.shape[:-1], filled + 1))
             b.write(mask, self.family.decode_mask(filled, filled))
-            history = [(b.view(kv.k[i], (1, filled, *self._cache_spec.shape[2:])),
-                        b.view(kv.v[i], (1, filled, *self._cache_spec.shape[2:]))) for i in range(self.layout.num_layers)]
+            filled_rows = (1, filled, *self._cache_spec.shape[2:])
+            history = [(b.view(k, filled_rows), b.view(v, filled_rows)) for k, v in zip(kv.k, kv.v)]
         else:
             mask = self._mask
             b.write(mask, self.family.decode_mask(filled, self.layout.cache_length))

@@ -55,13 +55,17 @@ def test_logits_agree_under_teacher_forcing(text_model, transformers_from_gguf):
 
 
 def test_the_shipped_tokenizer_is_the_one_in_the_gguf(text_model):
+    """The folder in token_config/ against the GGUF's own tokenizer (both read by transformers);
+    the app's reader of that folder is held to transformers' in tests/test_json_tokenizer.py."""
+    from language.tokenizers import tokenizer_dir
+
     gguf = catalog.find_smollm2_gguf()
     original = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    ours = text_model.tokenizer
-    assert ours.get_vocab() == original.get_vocab()
-    assert ours.chat_template == original.chat_template
+    shipped = AutoTokenizer.from_pretrained(tokenizer_dir(catalog.TEXT_MODEL), local_files_only=True)
+    assert shipped.get_vocab() == original.get_vocab()
+    assert shipped.chat_template == original.chat_template
     text = "Bonjour 你好 🙂 <|im_end|>"
-    assert ours.encode(text) == original.encode(text)
+    assert text_model.tokenizer.encode(text) == shipped.encode(text) == original.encode(text)
 
 
 def test_a_second_start_reuses_the_export(text_model_dir, monkeypatch):
