@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="where the quantized copy goes")
     parser.add_argument("--weights", choices=[w for w in WEIGHTS if WEIGHTS[w]], default="int8")
     args = parser.parse_args(argv)
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        print(f"error: {args.out_dir} exists and is not empty: give a new folder", file=sys.stderr)
+        return 2
     try:
         quantize_model_dir(args.model_dir, args.out_dir, args.weights)
     except (OSError, ValueError, ModelFileError) as exc:

@@ -12,6 +12,7 @@ any other InferenceSession in the same process must set use_per_session_threads=
 from __future__ import annotations
 
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -71,8 +72,13 @@ def _load_session(path: Path, options: ort.SessionOptions) -> tuple[ort.Inferenc
     """The net's session, and its spec as the file declares it (static cache shapes included)."""
     try:
         relaxed = _filled_history(path) if path.stem.startswith("block_cache_") else None
-        session = ort.InferenceSession(relaxed[0] if relaxed else str(path), options,
-                                       providers=["CPUExecutionProvider"])
+        if relaxed is None:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        else:  # from a file: a session made from bytes kept 150 MB (int8) to 390 MB (fp32) more resident
+            with tempfile.NamedTemporaryFile(suffix=".onnx") as file:
+                file.write(relaxed[0])
+                file.flush()
+                session = ort.InferenceSession(file.name, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # a truncated or foreign file
         raise ModelFileError(f"cannot load {path.name}: {exc}") from exc
     declared = relaxed[1] if relaxed else {}

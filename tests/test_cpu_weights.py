@@ -74,6 +74,10 @@ def test_logits_stay_close_to_float32_and_int8_closer_than_int4(tmp_path):
 def test_quantized_nets_are_refused_where_they_cannot_go(quantized, tmp_path, capsys):
     assert cpu_weights.main([str(quantized["int8"]), str(tmp_path / "again"), "--weights", "int4"]) == 2
     assert "already quantized (int8)" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    assert cpu_weights.main([str(quantized["int8"]), str(tmp_path / "full")]) == 2  # never replaces a folder
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "full" / "notes.txt").is_file()
     assert bmodel.main([str(quantized["int8"]), str(tmp_path / "bmodel")]) == 2  # before any toolchain is needed
     assert "the TPU compiler cannot read" in capsys.readouterr().err
 
