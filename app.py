@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     web.add_argument("--slots", type=int, default=None,
                      help="answers generated at once, each with its own KV cache (default: up to 4 on a CPU, "
                           "as free memory allows; 1 on a TPU)")
+    web.add_argument("--no-prefix-reuse", dest="prefix_reuse", action="store_false",
+                     help="read every prompt whole, even a follow-up whose conversation a KV slot still holds "
+                          "(for measurements)")
     web.add_argument("--max-upload-mb", type=int, default=20)
     api = parser.add_argument_group("HTTP API (/v1 and POST /)")
     api.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
@@ -58,21 +61,21 @@ def main(argv: list[str] | None = None) -> int:
         if not share:
             print(f"No share link: {why}. The app keeps serving locally.", file=sys.stderr)
     serve(model, defaults, host=args.host, port=args.port, share=share, auth=args.auth, queue_size=args.queue_size,
-          slots=args.slots, max_upload_mb=args.max_upload_mb, api_key=args.api_key,
+          slots=args.slots, prefix_reuse=args.prefix_reuse, max_upload_mb=args.max_upload_mb, api_key=args.api_key,
           allow_image_urls=args.allow_image_urls)
     return 0
 
 
 def serve(model, defaults, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          auth: str | None = None, queue_size: int = 32, slots: int | None = None, max_upload_mb: int = 20,
-          api_key: str | None = None, allow_image_urls: bool = False, block: bool = True):
+          auth: str | None = None, queue_size: int = 32, slots: int | None = None, prefix_reuse: bool = True,
+          max_upload_mb: int = 20, api_key: str | None = None, allow_image_urls: bool = False, block: bool = True):
     """Page and API on one server, sharing one Scheduler. Returns the running Blocks."""
     from api.options import ApiOptions
     from api.routes import api_routes
     from serving.scheduler import Scheduler
     from web.ui import LAUNCH_OPTIONS, build_ui
 
-    scheduler = Scheduler(model, max_waiting=queue_size, slots=slots)
+    scheduler = Scheduler(model, max_waiting=queue_size, slots=slots, reuse_prefixes=prefix_reuse)
     options = ApiOptions(defaults, api_key, closed=bool(auth) and api_key is None, allow_image_urls=allow_image_urls,
                          max_body_mb=max_upload_mb * 4 // 3 + 1)  # base64 is a third larger than the file
     demo = build_ui(scheduler, defaults)

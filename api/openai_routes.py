@@ -58,7 +58,8 @@ class _Reply:
     @staticmethod
     def _usage(done: Done) -> dict:
         return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.new_tokens,
-                "total_tokens": done.prompt_tokens + done.new_tokens}
+                "total_tokens": done.prompt_tokens + done.new_tokens,
+                "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
 
     def whole(self, done: Done) -> dict:
         return self._object("chat.completion", choices=[{

@@ -83,6 +83,7 @@ class Runtime(Protocol):
 class SplitNets:
     def __init__(self, generator):
         self.generator = generator
+        generator.reuse_prefixes = False  # every run reads the whole prompt (llama.cpp: reset() before each)
 
     def prefill(self, ids: list[int]) -> int:
         return int(np.argmax(self.generator.prefill(ids)))
@@ -256,6 +257,7 @@ def vision_worker(runs: int, threads: int) -> dict:
     from models.catalog import DEFAULT_CPU_WEIGHTS, VISION_MODEL, prepare_model
 
     model = load_chat_model(prepare_model(VISION_MODEL, progress=None, weights=DEFAULT_CPU_WEIGHTS), "onnx", threads)
+    model.generator.reuse_prefixes = False  # the same question again is read whole: a new user's latency
     one_token, image = SamplingSettings(max_new_tokens=1), red_circle()
 
     def ask(with_image: bool, fresh: bool):

@@ -120,6 +120,7 @@ def measure(model: str, tokens: int, runs: int) -> None:
         for where in ("host", "device"):
             backend = CountingBackend(SailBackend(Path(__file__), sail=make_sail(net_table(m, where == "device"))))
             generator = Generator(backend, family_for(model), table if where == "host" else None)
+            generator.reuse_prefixes = False  # every run reads the whole prompt
             print(f" embedding on the {where}:")
             measure_loop(generator, backend, m, tokens, runs)
 

@@ -2,24 +2,30 @@
 
     python bench/load.py [--model smollm2-vision] [--users 1 2 4 8] [--slots 4] [--rounds 2] [--max-tokens 48]
 
-Starts the app (`python app.py`, its own process) twice on the same model: with one KV slot
-(answers one at a time, as before the Scheduler had slots: the baseline) and with --slots;
-the users are threads of this process, so they do not compete with the server for the GIL.
-For each
+Starts the app (`python app.py`, its own process) twice on the same model: the baseline with
+one KV slot and every prompt read whole (`--slots 1 --no-prefix-reuse`: answers one at a
+time, as before the Scheduler had slots), then with --slots and prefix reuse; the users are
+threads of this process, so they do not compete with the server for the GIL. For each
 number of users, every user streams one answer at once through the real `openai` client
-(greedy; different questions, so nothing is shared), --rounds times. It prints, per server
-and number of users:
+(greedy; different questions, so only the system prompt is shared), --rounds times. It
+prints, per server and number of users:
   TTFT p50 / p95 s   request sent -> first content chunk, over every user and round
   user tok/s         one user's completion tokens after the first / time after the first (median)
   total tok/s        every completion token of a round / the round's wall time (median over rounds)
-Then one conversation of 6 turns on the --slots server: the first token's time at turns 1, 3
-and 6 (each follow-up prefills the whole conversation again; there is no prefix reuse yet).
+Then conversations of 6 turns on each server, in text and about a picture given with the
+first question: the first token's time (streamed) at turns 1, 3 and 6, medians over three
+conversations (the baseline reads the whole conversation again at every turn; with prefix
+reuse a follow-up reads only its new turn, as far as the model's prompt format keeps the
+earlier turns unchanged).
 
 Wall-clock figures on a shared machine: compare the two servers within one invocation only.
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import io
+import itertools
 import os
 import socket
 import statistics
@@ -37,8 +43,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TOPICS = ["a lighthouse keeper", "a lost robot", "a dragon who bakes", "a river in winter", "a clockmaker",
           "a fox and a crow", "a city under the sea", "a painter who sees music"]
-FOLLOW_UPS = ["Tell me about the history of Rome.", "Who founded it?", "What came after the republic?",
-              "Name one emperor.", "Why did the empire fall?", "What is left of it today?"]
+SUBJECTS = ["Rome", "Athens", "Egypt"]
+FOLLOW_UPS = ["Who founded it?", "What came next?", "Name one ruler.", "Why did it decline?", "What is left of it today?"]
+PICTURE_FOLLOW_UPS = ["Describe the picture.", "What colour is the shape?", "What shape is it?",
+                      "How many shapes are there?", "Is it on the left or the right?", "Is there a triangle?"]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -48,28 +56,32 @@ def percentile(values: list[float], share: float) -> float:
 
 def stream_one(client, model: str, messages: list[dict], max_tokens: int) -> dict:
     sent = time.perf_counter()
-    first, tokens = None, 0
+    first, tokens, text = None, 0, []
     for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True,
                                                 temperature=0, stream_options={"include_usage": True}):
-        if chunk.choices and chunk.choices[0].delta.content and first is None:
-            first = time.perf_counter()
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            text.append(chunk.choices[0].delta.content)
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
     end = time.perf_counter()
     first = first or end
     return {"ttft": first - sent, "tokens": tokens, "rate": (tokens - 1) / (end - first) if tokens > 1 and end > first
-            else 0.0, "end": end}
+            else 0.0, "end": end, "text": "".join(text)}
+
+
+_asked = itertools.count()
 
 
 def round_of(client, model: str, users: int, max_tokens: int) -> tuple[list[dict], float]:
     results: list[dict] = [{}] * users
     start = time.perf_counter()
 
-    def user(n: int) -> None:
-        question = f"Tell me a short story about {TOPICS[n % len(TOPICS)]}."
+    def user(n: int, number: int) -> None:  # a question never asked before: only the system prompt is shared
+        question = f"Story {number}: tell me a short story about {TOPICS[n % len(TOPICS)]}."
         results[n] = stream_one(client, model, [{"role": "user", "content": question}], max_tokens)
 
-    threads = [threading.Thread(target=user, args=(n,)) for n in range(users)]
+    threads = [threading.Thread(target=user, args=(n, next(_asked))) for n in range(users)]
     for t in threads:
         t.start()
     for t in threads:
@@ -78,24 +90,41 @@ def round_of(client, model: str, users: int, max_tokens: int) -> tuple[list[dict
     return results, sum(r["tokens"] for r in results) / wall
 
 
-def follow_up_times(client, model: str, max_tokens: int) -> dict[int, float]:
-    messages, times = [], {}
-    for turn, question in enumerate(FOLLOW_UPS, start=1):
-        messages.append({"role": "user", "content": question})
-        sent = time.perf_counter()
-        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=1, temperature=0)
-        times[turn] = time.perf_counter() - sent
-        answer = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
-        messages.append({"role": "assistant", "content": answer.choices[0].message.content or reply.choices[0].message.content})
-    return times
+def red_circle_uri() -> str:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (224, 224), (245, 245, 240))
+    ImageDraw.Draw(image).ellipse((60, 60, 164, 164), fill=(220, 30, 30))
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(data.getvalue()).decode()
 
 
-def start_app(model: str, slots: int) -> tuple[subprocess.Popen, str]:
+def follow_up_times(client, model: str, max_tokens: int, picture: str | None = None) -> dict[int, float]:
+    """Each turn's first-token time (streamed), the median over three conversations that differ
+    in their first question; `picture` (a data URI) goes with the first question."""
+    times: dict[int, list[float]] = {}
+    for subject in SUBJECTS:
+        messages = []
+        questions = PICTURE_FOLLOW_UPS if picture else [f"Tell me about the history of {subject}.", *FOLLOW_UPS]
+        for turn, question in enumerate(questions, start=1):
+            if picture and turn == 1:
+                question = [{"type": "image_url", "image_url": {"url": picture}},
+                            {"type": "text", "text": f"{question} ({subject})"}]
+            messages.append({"role": "user", "content": question})
+            answer = stream_one(client, model, messages, max_tokens)
+            times.setdefault(turn, []).append(answer["ttft"])
+            messages.append({"role": "assistant", "content": answer["text"]})
+    return {turn: statistics.median(values) for turn, values in times.items()}
+
+
+def start_app(model: str, slots: int, prefix_reuse: bool) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--port", str(port),
-                               "--slots", str(slots), "--queue-size", "64"], cwd=ROOT,
+                               "--slots", str(slots), "--queue-size", "64",
+                               *([] if prefix_reuse else ["--no-prefix-reuse"])], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 300
@@ -124,9 +153,11 @@ def main() -> None:
 
     print(f"{args.model}, {os.cpu_count()} cores; {args.max_tokens} new tokens at most, greedy; "
           f"medians over {args.rounds} round(s)")
-    print(f"{'server':<10} {'users':>5} {'TTFT p50 s':>11} {'TTFT p95 s':>11} {'user tok/s':>11} {'total tok/s':>12}")
-    for slots in (1, args.slots):
-        server, url = start_app(args.model, slots)
+    print(f"{'server':<16} {'users':>5} {'TTFT p50 s':>11} {'TTFT p95 s':>11} {'user tok/s':>11} {'total tok/s':>12}")
+    follow_ups = {}
+    for slots, reuse in ((1, False), (args.slots, True)):
+        server, url = start_app(args.model, slots, reuse)
+        label = f"{slots} slot{'s' if slots > 1 else ''}" + (", reuse" if reuse else "")
         try:
             client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
             name = client.models.list().data[0].id
@@ -138,17 +169,17 @@ def main() -> None:
                     ttfts += [r["ttft"] for r in results]
                     rates += [r["rate"] for r in results]
                     totals.append(total)
-                print(f"{f'{slots} slot(s)':<10} {users:>5} {percentile(ttfts, 0.5):>11.2f} "
+                print(f"{label:<16} {users:>5} {percentile(ttfts, 0.5):>11.2f} "
                       f"{percentile(ttfts, 0.95):>11.2f} {statistics.median(rates):>11.1f} "
                       f"{statistics.median(totals):>12.1f}", flush=True)
-            if slots == args.slots:
-                times = follow_up_times(client, name, args.max_tokens)
-                print("follow-ups, first token s (whole conversation prefilled again): "
-                      + ", ".join(f"turn {t}: {times[t]:.2f}" for t in (1, 3, 6))
-                      + f"; turn 6 / turn 1 = {times[6] / times[1]:.2f}")
+            follow_ups[label] = follow_up_times(client, name, args.max_tokens)
+            follow_ups[label + ", picture"] = follow_up_times(client, name, args.max_tokens, red_circle_uri())
         finally:
             server.terminate()
             server.wait(timeout=60)
+    for label, times in follow_ups.items():
+        print(f"follow-ups on {label:<23} first token s: " + ", ".join(f"turn {t}: {times[t]:.2f}" for t in (1, 3, 6))
+              + f"; turn 6 / turn 1 = {times[6] / times[1]:.2f}")
 
 
 if __name__ == "__main__":

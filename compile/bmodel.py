@@ -18,8 +18,11 @@ about ten copies of a real-size lm_head in RAM and was killed at 24 GB) then mod
 - Bmodels are static, so the prefill is compiled at several widths (`--prefill-widths`):
   `block_<i>` at the widest, `block_<i>_<W>` at each narrower one; a prompt runs through the
   narrowest that takes it (language/generate.py).
-- A layer's prefill and decode nets, and all its prefill widths, come out with the same
-  coefficient blob, which model_tool --combine stores once: one copy of each layer's weights.
+- An export with `block_kv_<i>` nets (llama: a prefill after cached rows, for a follow-up's
+  new tokens) gets them compiled at the narrowest width only, as `block_kv_<i>`: a follow-up
+  is usually short, and a longer one can go through it in chunks.
+- A layer's prefill, decode and history-prefill nets, and all its prefill widths, come out with
+  the same coefficient blob, which model_tool --combine stores once: one copy of each layer's weights.
 - Weight-only modes (W8*, W4*) quantize the transformer blocks; lm_head and the vision net
   take --head-quantize / --vision-quantize (default: W8 with the mode's float type when the
   blocks are weight-quantized, else the float type; see head_mode).
@@ -75,8 +78,10 @@ class NetPlan:
     quant_output: bool
 
 
-def input_shapes(path: Path, prefill_width: int) -> list[list[int]]:
-    """The net's input shapes with every run-time dimension set to the prefill width."""
+def input_shapes(path: Path, prefill_width: int, history: int = 0) -> list[list[int]]:
+    """The net's input shapes with every run-time dimension set to the prefill width; with
+    `history` (block_kv: new rows after that many cache rows), the attention mask's run-time
+    width, which spans the cache rows and the new ones, to history + the prefill width."""
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     shapes = []
@@ -84,7 +89,10 @@ def input_shapes(path: Path, prefill_width: int) -> list[list[int]]:
         if tensor.name in initializers:
             continue
         dims = tensor.type.tensor_type.shape.dim
-        shapes.append([d.dim_value if d.HasField("dim_value") else prefill_width for d in dims])
+        shape = [d.dim_value if d.HasField("dim_value") else prefill_width for d in dims]
+        if history and tensor.name == "attention_mask" and not dims[-1].HasField("dim_value"):
+            shape[-1] += history
+        shapes.append(shape)
     return shapes
 
 
@@ -126,13 +134,15 @@ def exported_layers(model_dir: Path) -> int:
 
 def plan(model_dir: Path, quantize: str, widths: list[int], layers: int, embedding_dir: Path | None,
          head_quantize: str | None = None, vision_quantize: str | None = None) -> list[NetPlan]:
-    """Every net to compile: each layer's prefill at every width and its decode net, lm_head,
-    vision, and the embedding nets when `embedding_dir` holds them (device embedding)."""
+    """Every net to compile: each layer's prefill at every width, its decode net and, when the
+    export has them, its history prefill (block_kv) at the narrowest width; lm_head, vision, and
+    the embedding nets when `embedding_dir` holds them (device embedding)."""
     floats, heads = float_type(quantize), head_mode(quantize)
     widest = max(widths)
+    cache_rows = cache_length(model_dir) if (model_dir / "block_kv_0.onnx").is_file() else 0
 
-    def net(name: str, path: Path, width: int, mode: str) -> NetPlan:
-        return NetPlan(name, path, input_shapes(path, width), mode,
+    def net(name: str, path: Path, width: int, mode: str, history: int = 0) -> NetPlan:
+        return NetPlan(name, path, input_shapes(path, width, history), mode,
                        quant_input=not name.startswith("vision"),  # pixels go up as fp32
                        quant_output=name != "lm_head")  # logits come down as fp32
 
@@ -140,6 +150,8 @@ def plan(model_dir: Path, quantize: str, widths: list[int], layers: int, embeddi
     for i in range(layers):
         plans += [net(bucket_net(f"block_{i}", w, widest), model_dir / f"block_{i}.onnx", w, quantize) for w in widths]
         plans.append(net(f"block_cache_{i}", model_dir / f"block_cache_{i}.onnx", 1, quantize))
+        if cache_rows:
+            plans.append(net(f"block_kv_{i}", model_dir / f"block_kv_{i}.onnx", min(widths), quantize, cache_rows))
     plans.append(net("lm_head", model_dir / "lm_head.onnx", 1, head_quantize or heads))
     if (model_dir / "vision.onnx").is_file():
         plans.append(net("vision", model_dir / "vision.onnx", 1, vision_quantize or heads))
@@ -226,17 +238,20 @@ def _transform(home: Path, net: NetPlan, folder: Path) -> ToolRun:
     return transform
 
 
-def same_coefficients(home: Path, a: Path, b: Path) -> bool:
-    """Whether two one-net bmodels hold byte-identical coefficients (model_tool --combine then keeps one copy).
+def same_coefficients(home: Path, *bmodels: Path) -> bool:
+    """Whether one-net bmodels all hold byte-identical coefficients (model_tool --combine then keeps one copy).
 
-    A layer's prefill and decode nets come from the same weights, but model_deploy orders a
-    net's weights by passes that look at the graph around them: for GLM its topological re-sort
-    (skipped for the vendor's "LLM" platform, as its own converter marks every net) swaps the
-    first LayerNorm's weight and bias in the decode net; for llama's in-place decode attention
-    only that re-sort puts the projections back in the prefill's order. So each compile checks
-    layer 0 (compile_model) and takes the platform that gives one copy."""
-    blobs = [next(iter(read_bmodel_info(path, home).nets.values())).stages[0].coeff for path in (a, b)]
-    return blobs[0].size == blobs[1].size and blobs[0].check_code == blobs[1].check_code != ()
+    A layer's prefill, decode and history-prefill nets come from the same weights, but
+    model_deploy orders a net's weights by passes that look at the graph around them: for GLM
+    its topological re-sort (skipped for the vendor's "LLM" platform, as its own converter marks
+    every net) swaps the first LayerNorm's weight and bias in the decode net; for llama's
+    in-place decode attention only that re-sort puts the projections back in the prefill's
+    order (block_kv, whose attention concatenates like the prefill's, agrees with the prefill on
+    either platform). So each compile checks layer 0 (compile_model) and takes the platform
+    that gives one copy."""
+    blobs = [next(iter(read_bmodel_info(path, home).nets.values())).stages[0].coeff for path in bmodels]
+    return blobs[0].check_code != () and all((b.size, b.check_code) == (blobs[0].size, blobs[0].check_code)
+                                             for b in blobs[1:])
 
 
 def _estimated_ms(profile: Path) -> float | None:
@@ -295,15 +310,20 @@ def model_shapes(model_dir: Path, config: dict, layers: int, context: int) -> di
 
 
 def one_copy_per_layer(home: Path, nets: list[NetPlan], compile_one, progress) -> tuple[dict[str, Compiled], str]:
-    """Compile layer 0's decode net and widest prefill net on each platform in turn until their
-    coefficients are byte-identical; returns those results and the platform for every block."""
-    pair = [next(n for n in nets if n.name == name) for name in ("block_cache_0", "block_0")]
+    """Compile layer 0's widest prefill net, decode net and history prefill (if planned) on each
+    platform in turn until their coefficients are byte-identical; returns those results and the
+    platform for every block."""
+    layer0 = [n for n in nets if n.name in ("block_0", "block_cache_0", "block_kv_0")]
     for platform in PLATFORMS:
-        compiled = {net.name: compile_one(net, platform) for net in pair}
-        if same_coefficients(home, compiled["block_cache_0"].bmodel, compiled["block_0"].bmodel):
+        compiled = {}
+        for net in layer0:  # on to the next platform as soon as one net's coefficients differ
+            compiled[net.name] = compile_one(net, platform)
+            if not same_coefficients(home, *(c.bmodel for c in compiled.values())):
+                break
+        else:
             return compiled, platform
-    progress("  warning: block_0 and block_cache_0 compile to different coefficients on every platform: "
-             "the bmodel holds each layer's weights twice")
+    progress(f"  warning: layer 0's {', '.join(n.name for n in layer0)} compile to different coefficients on "
+             "every platform: the bmodel holds each layer's weights more than once")
     return compiled, PLATFORMS[-1]
 
 
@@ -388,7 +408,7 @@ def compile_model(model_dir: Path, out_dir: Path, quantize: str = "W4BF16", chip
         "device_memory": dataclasses.asdict(info.device),
         "layer_weight_bytes": info.nets["block_cache_0"].stages[0].coeff.size,
         "layer_instruct_bytes": sum(stage.instruct for name, net in info.nets.items()
-                                    if re.fullmatch(r"block_(cache_)?0(_\d+)?", name) for stage in net.stages),
+                                    if re.fullmatch(r"block_(cache_|kv_)?0(_\d+)?", name) for stage in net.stages),
         "shapes": model_shapes(model_dir, config, total_layers, context),
         **({"partial": {"layers": compiled_layers, "of": total_layers}} if compiled_layers < total_layers else {}),
     })

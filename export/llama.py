@@ -10,6 +10,10 @@ Weights come in with Hugging Face parameter names (`model.layers.0.self_attn.q_p
                    -> hidden_states, past_k [1,L,KV,D], past_v
   block_cache_<i>  input_states [1,1,H], position_ids [1,1], attention_mask [1,1,1,SEQ+1],
                    history_k [1,SEQ,KV,D], history_v -> hidden_states, present_k [1,1,KV,D], present_v
+  block_kv_<i>     input_states [1,L,H], position_ids [1,L], attention_mask [1,1,L,SEQ+L],
+                   history_k [1,SEQ,KV,D], history_v -> hidden_states, past_k [1,L,KV,D], past_v
+                   (a prefill after cached rows: a follow-up's new tokens, or a long prompt's
+                   next chunk; tpu-mlir's `block_kv` phase of --use_history_kv)
   lm_head          hidden_states [1,1,H] -> logits [1,V]
 
 L is dynamic in the ONNX files (`prefill_len` fixes it for a static compile); SEQ, the KV
@@ -170,15 +174,24 @@ def _own_group(g: Graph, x: str, kv: int, inner: int, width: int) -> str:
     return g.slice_last(rows, 0, width)
 
 
-def block_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, prefill_len: Dim = "seq") -> Graph:
-    g = Graph(f"block_{layer}")
+def block_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, prefill_len: Dim = "seq",
+              history_len: int | None = None) -> Graph:
+    """block_<i>; with `history_len` (the cache's rows) block_kv_<i>, whose new rows also attend to
+    `history_k`/`history_v` as the mask says: the same ops and weights, with the history
+    concatenated in front of the new K/V."""
+    g = Graph(f"block_{layer}" if history_len is None else f"block_kv_{layer}")
     L, kv, d = prefill_len, arch.num_kv_heads, arch.head_dim
     x = g.input("input_states", np.float32, [1, L, arch.hidden_size])
     pos = g.input("position_ids", np.int32, [1, L])
-    mask = g.input("attention_mask", np.float32, [1, 1, L, L])
+    seen: Dim = L if history_len is None else history_len + L if isinstance(L, int) else "seq_and_new"
+    mask = g.input("attention_mask", np.float32, [1, 1, L, seen])
+    if history_len is not None:
+        hk = g.input("history_k", np.float32, [1, history_len, kv, d])
+        hv = g.input("history_v", np.float32, [1, history_len, kv, d])
     w = _BlockWriter(g, arch, tensors, layer)
     q, k, v = w.qkv(x, pos, tables)
-    x = g.op("Add", x, w.attention(q, k, v, mask))
+    keys, values = (k, v) if history_len is None else (g.op("Concat", hk, k, axis=1), g.op("Concat", hv, v, axis=1))
+    x = g.op("Add", x, w.attention(q, keys, values, mask))
     x = g.op("Add", x, w.mlp(x))
     g.output(x, "hidden_states", np.float32, [1, L, arch.hidden_size])
     g.output(k, "past_k", np.float32, [1, L, kv, d])
@@ -224,4 +237,5 @@ def export_llama(arch: LlamaArch, tensors: Tensors, out_dir: Path, seq_len: int,
                       embedding_table=lambda: tensors["model.embed_tokens.weight"],
                       block=lambda i: block_net(arch, tensors, i, tables),
                       block_cache=lambda i: block_cache_net(arch, tensors, i, tables, seq_len),
+                      block_kv=lambda i: block_net(arch, tensors, i, tables, history_len=seq_len),
                       lm_head=lambda: lm_head_net(arch, tensors), progress=progress)

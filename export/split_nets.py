@@ -22,9 +22,11 @@ Progress = Callable[[int, int, str], None]
 NetBuilder = Callable[[], Graph]
 
 
-def net_names(num_layers: int, host_embedding: bool = True) -> list[str]:
-    """What an export writes, in order: the embedding (table or nets), the layers, lm_head."""
-    layers = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache")]
+def net_names(num_layers: int, host_embedding: bool = True, history_prefill: bool = False) -> list[str]:
+    """What an export writes, in order: the embedding (table or nets), the layers, lm_head.
+    `history_prefill`: each layer also has `block_kv_<i>`, a prefill after cached rows."""
+    kinds = ("block", "block_cache") + (("block_kv",) if history_prefill else ())
+    layers = [f"{kind}_{i}" for i in range(num_layers) for kind in kinds]
     embedding = [TABLE_FILE] if host_embedding else ["embedding", "embedding_cache"]
     return [*embedding, *layers, "lm_head"]
 
@@ -51,10 +53,11 @@ def save_table(table: np.ndarray, path: Path) -> Path:
 def write_nets(out_dir: Path, num_layers: int, block: Callable[[int], Graph], block_cache: Callable[[int], Graph],
                lm_head: NetBuilder, embedding_table: Callable[[], np.ndarray] | None = None,
                embedding: NetBuilder | None = None, embedding_cache: NetBuilder | None = None,
-               progress: Progress | None = None) -> list[Path]:
+               block_kv: Callable[[int], Graph] | None = None, progress: Progress | None = None) -> list[Path]:
     """Build and save each net in turn (one net's weights in memory at a time); returns the
     files written. The embedding is `embedding_table` (-> embedding.npy, float32) or the two
-    net builders."""
+    net builders. `block_kv`: the prefill after cached rows, for families whose cached rows stay
+    valid when a prompt grows (causal attention, positions that do not depend on its length)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     host = embedding_table is not None
@@ -69,7 +72,9 @@ def write_nets(out_dir: Path, num_layers: int, block: Callable[[int], Graph], bl
     for i in range(num_layers):
         writers[f"block_{i}"] = lambda i=i: block(i).save(out_dir / f"block_{i}.onnx")
         writers[f"block_cache_{i}"] = lambda i=i: block_cache(i).save(out_dir / f"block_cache_{i}.onnx")
-    names = net_names(num_layers, host)
+        if block_kv is not None:
+            writers[f"block_kv_{i}"] = lambda i=i: block_kv(i).save(out_dir / f"block_kv_{i}.onnx")
+    names = net_names(num_layers, host, block_kv is not None)
     written = []
     for n, name in enumerate(names):
         if progress:

@@ -2,7 +2,9 @@
 
 `ChatModel` answers one turn on one of its generator's KV slots and reports the answer's
 timings. One thread drives it: the Scheduler (serving/scheduler.py) when many users share
-it, which may interleave answers on different slots step by step.
+it, which may interleave answers on different slots step by step. A turn is prepared first
+(prompt, picture rows), so that the scheduler can pick the slot that already holds most of
+its prompt (a follow-up's conversation so far), then answered.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Iterator
 from PIL import Image
 
 from language.families.base import Family, Prompt, Turn
-from language.generate import ContextOverflow, ImageRows, TokenGenerator
+from language.generate import ContextOverflow, ImageRows, TokenGenerator, row_keys
 from language.sampling import Sampler, SamplingSettings
 from language.streaming import StopAt, TextStream
 from vision.encoder import VisionEncoder
@@ -41,12 +43,14 @@ class Done:
     dropped_turns: int
     vision_s: float = 0.0  # time spent in the vision net (0 when the image came from the cache)
     image_cached: bool = False
-
+    cached_tokens: int = 0  # prompt tokens whose K/V the slot held already: not read again
 
     def figures(self) -> list[str]:
         """The answer's timings, worded for people."""
         parts = [f"first token {self.first_token_s:.2f} s",
                  f"{self.new_tokens} tokens at {self.decode_tokens_per_s:.1f} tokens/s"]
+        if self.cached_tokens:
+            parts.append(f"{self.cached_tokens} of {self.prompt_tokens} prompt tokens kept from before")
         if self.vision_s:  # a cache hit says nothing: the picture may be another user's
             parts.append(f"vision {self.vision_s * 1000:.0f} ms")
         if self.finish_reason != "stop":
@@ -54,7 +58,30 @@ class Done:
         return parts
 
 
-Event = TextDelta | Notice | Done
+@dataclass(frozen=True)
+class Reading:
+    """A chunk of a long prompt was read: nothing to show yet, others may take a turn."""
+
+
+Event = TextDelta | Notice | Done | Reading
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    """A question made ready to answer: its prompt, and its picture's rows in the backend."""
+    prompt: Prompt
+    dropped: int  # oldest turns left out to fit the context
+    settings: SamplingSettings
+    stop: tuple[str, ...]
+    image: ImageRows | None
+    vision_s: float  # 0 when the picture's rows came from the vision cache
+    image_cached: bool
+    started: float  # perf_counter() when the request was taken up
+
+    @property
+    def row_keys(self) -> list:
+        """What fills each prompt row (language/generate.py row_keys)."""
+        return row_keys(self.prompt.ids, self.image)
 
 
 def valid_text(text: str) -> str:
@@ -99,11 +126,13 @@ class ChatModel:
         raise ContextOverflow(f"The message is too long: {len(prompt.ids)} tokens, and this model's context "
                               f"holds {min(limit, self.context_length - 1)}. Please shorten it.")
 
-    def stream(self, history: list[Turn], question: str, settings: SamplingSettings,
-               image: Image.Image | None = None, *, system: str | None = None,
-               stop: tuple[str, ...] = (), slot: int = 0) -> Iterator[Event]:
-        """Answer `question` after `history`, about `image` if one is given (an upright RGB
-        picture from vision.preprocess.load_image).
+    def prepare(self, history: list[Turn], question: str, settings: SamplingSettings,
+                image: Image.Image | None = None, *, system: str | None = None,
+                stop: tuple[str, ...] = ()) -> PreparedTurn:
+        """The prompt for `question` after `history`, about `image` if one is given (an upright
+        RGB picture from vision.preprocess.load_image), whose rows the vision net computes here
+        unless its cache holds them. Raises ValueError or ContextOverflow for what cannot be
+        answered.
 
         `system` replaces the family's default system prompt. The answer ends before the first
         of the `stop` strings, which is never streamed, not even in part."""
@@ -114,25 +143,35 @@ class ChatModel:
         start = time.perf_counter()
         prompt, dropped = self.fit(history, question, settings.max_new_tokens,
                                    self.vision.rows if image is not None else 0, system)
-        if dropped:
-            yield Notice(f"The conversation was longer than the model's context of {self.context_length} "
-                         f"tokens: the oldest {dropped} turn(s) were left out of this answer.")
-        if self.generator.notice and settings.temperature > 0:  # e.g. a head that picks tokens on the chip
-            yield Notice(self.generator.notice)
-        text = StopAt(TextStream(self.tokenizer), stop)
-        first_token_s, count, vision_s, cached = 0.0, 0, 0.0, False
-        rows = None
+        rows, vision_s, cached = None, 0.0, False
         if image is not None:
             vision_start = time.perf_counter()
-            embeds, cached = self.vision.encode(image)
+            encoded = self.vision.encode(image)
+            cached = encoded.cached
             vision_s = 0.0 if cached else time.perf_counter() - vision_start
-            rows = ImageRows(embeds, prompt.image_start)
-        tokens = self.generator.generate(prompt.ids, Sampler(settings), settings.max_new_tokens, rows, slot)
-        with closing(tokens):  # the image rows are used by the first step, before anything is yielded
+            rows = ImageRows(encoded.embeds, prompt.image_start, encoded.key)
+        return PreparedTurn(prompt, dropped, settings, stop, rows, vision_s, cached, start)
+
+    def answer(self, turn: PreparedTurn, slot: int = 0) -> Iterator[Event]:
+        """Stream the answer to a prepared turn on KV slot `slot`."""
+        prompt, settings = turn.prompt, turn.settings
+        if turn.dropped:
+            yield Notice(f"The conversation was longer than the model's context of {self.context_length} "
+                         f"tokens: the oldest {turn.dropped} turn(s) were left out of this answer.")
+        if self.generator.notice and settings.temperature > 0:  # e.g. a head that picks tokens on the chip
+            yield Notice(self.generator.notice)
+        text = StopAt(TextStream(self.tokenizer), turn.stop)
+        first_token_s, count = 0.0, 0
+        cached_tokens = self.generator.reusable_rows(slot, turn.row_keys)
+        tokens = self.generator.generate(prompt.ids, Sampler(settings), settings.max_new_tokens, turn.image, slot)
+        with closing(tokens):
             for token in tokens:
+                if token is None:
+                    yield Reading()
+                    continue
                 count += 1
                 if count == 1:
-                    first_token_s = time.perf_counter() - start
+                    first_token_s = time.perf_counter() - turn.started
                     first_at = time.perf_counter()
                 delta = text.push(token)
                 if delta:
@@ -145,7 +184,13 @@ class ChatModel:
             yield TextDelta(tail)
         decode_rate = (count - 1) / (time.perf_counter() - first_at) if count > 1 else 0.0
         yield Done(self.family.postprocess(text.text), len(prompt.ids), count, first_token_s, decode_rate, finish,
-                   dropped, vision_s, cached)
+                   turn.dropped, turn.vision_s, turn.image_cached, cached_tokens)
+
+    def stream(self, history: list[Turn], question: str, settings: SamplingSettings,
+               image: Image.Image | None = None, *, system: str | None = None,
+               stop: tuple[str, ...] = (), slot: int = 0) -> Iterator[Event]:
+        """prepare() then answer(), in one stream (errors are raised at its first step)."""
+        yield from self.answer(self.prepare(history, question, settings, image, system=system, stop=stop), slot)
 
     def reply(self, history: list[Turn], question: str, settings: SamplingSettings | None = None,
               image: Image.Image | None = None, **options) -> Done:

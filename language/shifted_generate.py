@@ -65,7 +65,10 @@ def _elements(shape: tuple[int | None, ...]) -> int | None:
 
 def detect_layout(nets: dict[str, NetSpec]) -> NetsLayout:
     """Which cache contract and which kind of head the nets have, from their shapes and types."""
-    for needed in ("lm_head", "block_0", "block_cache_0"):
+    head = nets["lm_head"].outputs[0] if "lm_head" in nets else None
+    if head is not None and "block_cache_0" not in nets and "block_kv_0" in nets:  # decodes through block_kv
+        return NetsLayout(APPENDED, bool(np.issubdtype(head.dtype, np.integer)))
+    for needed in ("lm_head", "block_cache_0"):
         if needed not in nets:
             raise ModelFileError(f"the model has no '{needed}' net (found: {', '.join(sorted(nets)) or 'none'})")
     spec = nets["block_cache_0"]
@@ -86,7 +89,6 @@ def detect_layout(nets: dict[str, NetSpec]) -> NetsLayout:
     else:
         raise ModelFileError(f"block_cache_0 returns K of shape {present} for a cache of {history}: neither one "
                              "new row nor the whole cache")
-    head = nets["lm_head"].outputs[0]
     return NetsLayout(cache, bool(np.issubdtype(head.dtype, np.integer)))
 
 
@@ -115,6 +117,7 @@ class ShiftedGenerator:
     time (one slot). A TokenGenerator, like language.generate.Generator."""
 
     slots = 1
+    reuse_prefixes = False  # its prefill has no history input: every prompt is read whole
 
     def __init__(self, backend: Backend, family: Family):
         self.backend, self.family = backend, family
@@ -161,6 +164,12 @@ class ShiftedGenerator:
         if wanted > 1:
             log.warning("Sophgo's prebuilt layout holds one KV cache: one conversation is answered at a time")
         return 1
+
+    def reusable_rows(self, slot: int, keys) -> int:
+        return 0
+
+    def held_rows(self, slot: int) -> int:
+        return 0
 
     def _alloc(self, net: str, side: str, index: int, width: int = 1):
         spec = getattr(self.nets[net], side)[index]

@@ -12,7 +12,7 @@ from pathlib import Path
 from runtime.backend import ModelFileError
 
 CONFIG_FILE = "config.json"
-EXPORT_VERSION = 4  # bump when the nets change, so old exports are redone
+EXPORT_VERSION = 5  # bump when the nets change, so old exports are redone
 
 
 def models_home() -> Path:

@@ -2,8 +2,13 @@
 
 The web page, the HTTP API and anything else that serves several users submit requests
 here instead of calling the ChatModel themselves. Each running request holds one of the
-generator's KV slots; the worker steps the running answers in turn, a token or so each, so
-that every user's answer streams. Requests beyond the slots wait in a bounded queue and
+generator's KV slots; the worker steps the running answers in turn, a token or a chunk of a
+long prompt each, so that every user's answer streams. A slot keeps its conversation's
+K/V after the answer: a request starts on the free slot that already holds the most of its
+prompt and throws away the least of another conversation (a follow-up finds its own
+conversation there and reads only the new turn; a new one takes an empty slot rather than
+another conversation's, though they share the system prompt), the one left longest ago
+among equals. Requests beyond the slots wait in a bounded queue and
 are told their place. Nothing holds a lock while a front end waits on its client: a
 request's events travel through its own queue, and closing the event stream (Stop pressed,
 client gone) cancels the request, which frees its slot at its next turn, or drops it from
@@ -20,7 +25,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from language.chat import ChatModel, Event
+from language.chat import ChatModel, Event, Reading
 from language.families import Turn
 from language.sampling import SamplingSettings
 
@@ -30,6 +35,9 @@ class Waiting:
     """An event before the answer starts: how many queued requests will start before this one
     (0: it starts when the next slot frees)."""
     ahead: int
+
+
+HELD_ROW_WEIGHT = 4  # a held row lost counts as this many rows kept: a conversation in a slot is likely to go on
 
 
 class QueueFull(RuntimeError):
@@ -91,11 +99,13 @@ def default_slots(model: ChatModel, most: int = 4, share_of_free_memory: float =
 
 
 class Scheduler:
-    """`slots`: answers in progress at once, each on its own KV cache (default: default_slots)."""
+    """`slots`: answers in progress at once, each on its own KV cache (default: default_slots).
+    `reuse_prefixes=False` reads every prompt whole (a baseline for measurements)."""
 
-    def __init__(self, model: ChatModel, max_waiting: int = 32, slots: int | None = None):
+    def __init__(self, model: ChatModel, max_waiting: int = 32, slots: int | None = None, reuse_prefixes: bool = True):
         self.model, self.max_waiting = model, max_waiting
         self.slots = model.generator.open_slots(slots or default_slots(model))
+        model.generator.reuse_prefixes = reuse_prefixes and model.generator.reuse_prefixes
         self._waiting: deque[Ticket] = deque()
         self._free = list(range(self.slots))
         self._running: list[_Running] = []
@@ -143,27 +153,41 @@ class Scheduler:
                     self._changed.wait()
                 for run in [r for r in self._running if r.ticket.cancelled.is_set()]:
                     self._finish(run)
-                self._admit()
+                starting = [self._waiting.popleft() for _ in range(min(len(self._waiting), len(self._free)))]
+                if starting:
+                    self._tell_positions()
+            for ticket in starting:
+                self._start(ticket)
             for run in list(self._running):
                 self._step(run)
 
-    def _admit(self) -> None:
-        """Start waiting requests on free slots (called with the lock held)."""
-        if not (self._waiting and self._free):
+    def _start(self, ticket: Ticket) -> None:
+        """Prepare a request and start it on the free slot where it keeps the most rows and drops
+        the fewest; a request that cannot be answered ends here."""
+        r = ticket.request
+        try:
+            turn = self.model.prepare(r.history, r.question, r.settings, r.image, system=r.system, stop=r.stop)
+        except Exception as exc:  # the request's own failure, raised in its stream
+            ticket._events.put(exc)
+            ticket._events.put(_END)
             return
-        while self._waiting and self._free:
-            ticket, slot = self._waiting.popleft(), self._free.pop()
-            r = ticket.request
-            events = self.model.stream(r.history, r.question, r.settings, r.image, system=r.system, stop=r.stop,
-                                       slot=slot)
-            self._running.insert(0, _Running(ticket, events, slot))  # a new answer's prefill goes first
-        self._tell_positions()
+        keys, generator = turn.row_keys, self.model.generator
+
+        def value(slot: int) -> tuple[int, int]:
+            kept = generator.reusable_rows(slot, keys)
+            return kept - HELD_ROW_WEIGHT * (generator.held_rows(slot) - kept), -self._free.index(slot)
+
+        slot = max(self._free, key=value)
+        self._free.remove(slot)
+        self._running.insert(0, _Running(ticket, self.model.answer(turn, slot), slot))  # its prefill goes first
 
     def _step(self, run: _Running) -> None:
         """Advance one answer by its next event; finish it when it ends, fails or is cancelled."""
         try:
             if not run.ticket.cancelled.is_set():
-                run.ticket._events.put(next(run.events))
+                event = next(run.events)
+                if not isinstance(event, Reading):  # a step of its prefill: nothing to tell
+                    run.ticket._events.put(event)
                 return
         except StopIteration:
             pass

@@ -6,7 +6,7 @@ import pytest
 
 from compile.bmodel import device_table, write_embedding_nets
 from language.embedding import TABLE_FILE, HostEmbedding, check_table, read_table
-from language.generate import Generator, NetLayout, prefill_widths
+from language.generate import PREFILL_CHUNK, Generator, NetLayout, prefill_widths
 from runtime import open_backend
 from runtime.backend import BFLOAT16, ModelFileError, NetSpec, TensorSpec, from_bfloat16_bits, to_bfloat16_bits
 from runtime.sail_backend import SailBackend
@@ -75,21 +75,29 @@ def _spec(name: str, width: int | None) -> NetSpec:
 def test_prefill_widths_are_read_from_the_net_names():
     nets = {name: _spec(name, w) for name, w in
             (("block_0", 64), ("block_1", 64), ("block_0_16", 16), ("block_1_16", 16))}
-    assert prefill_widths(nets, 2, host_embedding=True) == (16, 64)
-    with pytest.raises(ModelFileError, match="lacks the net\(s\) embedding"):
-        prefill_widths(nets, 2, host_embedding=False)  # on the device the embedding needs its narrow net too
+    assert prefill_widths(nets, "block", 2, host_embedding=True) == (16, 64)
+    with pytest.raises(ModelFileError, match=r"lacks the net\(s\) embedding"):
+        prefill_widths(nets, "block", 2, host_embedding=False)  # on the device the embedding needs its narrow net too
     del nets["block_1_16"]
     with pytest.raises(ModelFileError, match="block_1_16"):
-        prefill_widths(nets, 2, host_embedding=True)
-    assert prefill_widths({"block_0": _spec("block_0", None)}, 1, True) == ()  # ONNX: any length
+        prefill_widths(nets, "block", 2, host_embedding=True)
+    assert prefill_widths({"block_0": _spec("block_0", None)}, "block", 1, True) == ()  # ONNX: any length
 
 
-def test_a_prompt_takes_the_narrowest_prefill_that_fits(tiny_dir):
+def test_a_prompt_takes_the_narrowest_prefill_that_fits_and_long_ones_come_in_chunks(tiny_dir):
     generator = Generator(open_backend("onnx", tiny_dir[0], threads=1), _family(), read_table(tiny_dir[0]))
-    assert generator.prefill_width(10) == 10 and generator.prompt_limit == 128  # any-length nets
-    generator.layout = NetLayout(**{**generator.layout.__dict__, "prefill_widths": (16, 64)})
-    assert [generator.prefill_width(n) for n in (1, 16, 17, 64)] == [16, 16, 64, 64]
-    assert generator.prompt_limit == 64
+    # ONNX Runtime: no block_<i> sessions, every prefill reads after the cached rows, in chunks of any length
+    assert generator.layout.prefill_widths is None and generator.layout.history_widths == ()
+    assert generator.prefill_chunk(0, 10) == ("block_kv", 10, 10) and generator.prompt_limit == 128
+    assert generator.prefill_chunk(0, PREFILL_CHUNK + 5) == ("block_kv", PREFILL_CHUNK, PREFILL_CHUNK)
+    static = {"prefill_widths": (16, 64), "history_widths": (16,)}
+    generator.layout = NetLayout(**{**generator.layout.__dict__, **static})  # as a bmodel's nets
+    assert [generator.prefill_chunk(0, n) for n in (1, 16, 17, 64)] == [("block", n, w) for n, w in
+                                                                         ((1, 16), (16, 16), (17, 64), (64, 64))]
+    assert generator.prefill_chunk(0, 100) == ("block", 64, 64)  # then the rest after those rows:
+    assert generator.prefill_chunk(64, 36) == ("block_kv", 16, 16) and generator.prompt_limit == 128
+    generator.layout = NetLayout(**{**generator.layout.__dict__, "history_widths": None})
+    assert generator.prompt_limit == 64  # without block_kv nets a prompt must fit one prefill
 
 
 def _family():

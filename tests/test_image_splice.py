@@ -54,7 +54,7 @@ def test_answers_equal_a_reference_fed_the_same_image_rows(tiny_seeing, monkeypa
     monkeypatch.setattr(model.family, "stop_ids", frozenset())
     for image in (RED, noise_image(1)):
         prompt = model.family.encode([], "What is in the picture?", image_tokens=model.vision.rows)
-        embeds, _ = model.vision.encode(image)
+        embeds = model.vision.encode(image).embeds
         from language.generate import ImageRows
 
         ours = list(model.generator.generate(prompt.ids, Sampler(GREEDY), GREEDY.max_new_tokens,

@@ -31,8 +31,8 @@ def test_a_model_without_nets(tiny_copy):
 
 
 def test_a_missing_net_is_named(tiny_copy):
-    (tiny_copy / "block_cache_1.onnx").unlink()
-    with pytest.raises(ModelFileError, match="block_cache_1"):
+    (tiny_copy / "block_kv_1.onnx").unlink()
+    with pytest.raises(ModelFileError, match="block_kv_1"):
         load_chat_model(tiny_copy)
     (tiny_copy / "lm_head.onnx").unlink()
     with pytest.raises(ModelFileError, match="lm_head"):
@@ -40,16 +40,16 @@ def test_a_missing_net_is_named(tiny_copy):
 
 
 def test_a_truncated_net_is_named(tiny_copy):
-    net = tiny_copy / "block_0.onnx"
+    net = tiny_copy / "block_kv_0.onnx"
     net.write_bytes(net.read_bytes()[:1000])
-    with pytest.raises(ModelFileError, match="block_0.onnx"):
+    with pytest.raises(ModelFileError, match="block_kv_0.onnx"):
         load_chat_model(tiny_copy)
 
 
 def test_nets_from_two_exports_are_refused(tiny_copy, tmp_path):
     other = tmp_path / "other"
     export_tiny_llama(other, seq_len=32)
-    shutil.copy(other / "block_cache_1.onnx", tiny_copy / "block_cache_1.onnx")
+    shutil.copy(other / "block_kv_1.onnx", tiny_copy / "block_kv_1.onnx")
     with pytest.raises(ModelFileError, match="different exports"):
         load_chat_model(tiny_copy)
 

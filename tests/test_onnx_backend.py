@@ -29,8 +29,11 @@ def test_a_net_writes_into_the_bound_output_tensor(tiny_dir):
 
 def test_prefill_nets_take_any_length_and_the_cache_length_is_fixed(tiny_dir):
     nets = OnnxBackend(tiny_dir[0]).nets()
-    assert nets["block_0"].inputs[0].shape == (1, None, 64)
-    assert nets["block_cache_0"].inputs[3].shape == (1, 128, 2, 16)
+    assert nets["block_kv_0"].inputs[0].shape == (1, None, 64)
+    assert nets["block_kv_0"].inputs[3].shape == (1, 128, 2, 16)  # as the file declares it
+    # One session per layer: block_kv_<i> computes block_<i> over no history rows and block_cache_<i> for one row
+    assert sorted(nets) == ["block_kv_0", "block_kv_1", "lm_head"]
+    assert all((tiny_dir[0] / f"{name}.onnx").is_file() for name in ("block_0", "block_cache_0"))  # for the TPU
 
 
 def test_decode_nets_read_only_the_filled_cache_rows_and_answer_as_over_the_whole_cache(tiny_seeing_dir):
@@ -49,7 +52,7 @@ def test_decode_nets_read_only_the_filled_cache_rows_and_answer_as_over_the_whol
     assert short.generator.backend.reads_filled_history
     whole.generator.backend.reads_filled_history = False  # as a bmodel runs: every step over all rows
     np.testing.assert_allclose(steps(short), steps(whole), rtol=1e-4, atol=1e-4)
-    history = short.generator.backend.nets()["block_cache_0"].inputs[3]
+    history = short.generator.backend.nets()["block_kv_0"].inputs[3]
     assert history.shape[1] == short.generator.layout.cache_length  # what the file declares
 
 

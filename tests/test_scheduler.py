@@ -15,10 +15,11 @@ LONG = SamplingSettings(max_new_tokens=40, repetition_penalty=1.0)
 def slow(tiny_model, monkeypatch):
     """Decode steps that take a while and never stop early; logs every decode and prefill."""
     steps = []
-    decode, prefill = tiny_model.generator.decode, tiny_model.generator.prefill
+    decode, prefill = tiny_model.generator.decode, tiny_model.generator.prefill_steps
     monkeypatch.setattr(tiny_model.generator, "decode", lambda token, slot=0: (steps.append("decode"), time.sleep(0.02),
                                                                                decode(token, slot))[2])
-    monkeypatch.setattr(tiny_model.generator, "prefill", lambda *args: (steps.append("prefill"), prefill(*args))[1])
+    monkeypatch.setattr(tiny_model.generator, "prefill_steps",
+                        lambda *args: (steps.append("prefill"), prefill(*args))[1])
     monkeypatch.setattr(tiny_model.family, "stop_ids", frozenset())
     return steps
 

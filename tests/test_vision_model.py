@@ -1,12 +1,14 @@
 """The default model that sees (smollm2-vision), end to end on the ONNX runtime (slow)."""
 import io
 import random
+import threading
 
 import pytest
 from PIL import Image, ImageDraw
 
 from language.sampling import SamplingSettings
 from models import catalog
+from serving.scheduler import Scheduler
 from training.evaluate import HELD_OUT_SEED, correct
 from training.examples import easy_vqa, generated
 from vision.preprocess import load_image
@@ -49,3 +51,29 @@ def test_accuracy_on_a_small_sample(seeing_model, name, examples, floor):
     hits = [correct(seeing_model.reply([], e.question, GREEDY, image=load_image(e.image())).answer, e.expected)
             for e in examples()]
     assert sum(hits) / len(hits) >= floor, name
+
+
+def test_eight_users_at_once_each_get_the_colour_of_their_own_picture(seeing_model):
+    """No cross-talk between KV slots: eight pictures, eight answers at once, each about its own
+    and each the answer the picture gets alone."""
+    colours = {"red": (230, 20, 30), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
+               "black": (20, 20, 20), "orange": (250, 140, 20), "purple": (140, 50, 170), "brown": (130, 80, 40)}
+    scheduler, answers = Scheduler(seeing_model, slots=8), {}
+
+    def picture(rgb: tuple[int, int, int]) -> Image.Image:
+        image = Image.new("RGB", (224, 224), (245, 245, 240))
+        ImageDraw.Draw(image).ellipse([50, 50, 174, 174], fill=rgb)
+        return image
+
+    def ask(name: str, rgb: tuple[int, int, int]) -> None:
+        answers[name] = list(scheduler.stream([], "What colour is the shape?", GREEDY, image=picture(rgb)))[-1].answer
+
+    users = [threading.Thread(target=ask, args=item) for item in colours.items()]
+    for user in users:
+        user.start()
+    for user in users:
+        user.join(120)
+    alone = {name: seeing_model.reply([], "What colour is the shape?", GREEDY, image=picture(rgb)).answer
+             for name, rgb in colours.items()}
+    assert answers == alone
+    assert {name: correct(answers[name], name) for name in colours} == dict.fromkeys(colours, True), answers

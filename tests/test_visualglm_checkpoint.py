@@ -115,7 +115,7 @@ def test_greedy_tokens_with_a_picture_match_direct_export_and_reference(converte
     for name, directory in (("converted", converted[0].out_dir), ("direct", direct)):
         backend = open_backend("onnx", directory, threads=1)
         encoder = VisionEncoder(backend)
-        embeds, _ = encoder.encode(picture)
+        embeds = encoder.encode(picture).embeds
         prompt = family.encode([], "描述一下图片", image_tokens=encoder.rows)
         generator = Generator(backend, family, read_table(directory))
         runs[name] = list(generator.generate(prompt.ids, Sampler(GREEDY), NEW_TOKENS,

@@ -37,7 +37,7 @@ def converted(toolchain, tmp_path_factory):
 def _answer(backend, table, picture: Image.Image) -> tuple[list[int], np.ndarray]:
     family = GlmFamily(stand_in_tokenizer())
     encoder = VisionEncoder(backend)
-    embeds, _ = encoder.encode(picture)
+    embeds = encoder.encode(picture).embeds
     prompt = family.encode([], "What is in the picture?", image_tokens=encoder.rows)
     tokens = Generator(backend, family, table).generate(prompt.ids, Sampler(GREEDY), GREEDY.max_new_tokens,
                                                  ImageRows(embeds, prompt.image_start))

@@ -132,10 +132,10 @@ def test_the_runtime_runs_it_as_the_vision_net(tensors, backend):
     assert [(a.name, a.shape) for a in spec.outputs] == [("image_embeds", (1, 4, 64))]
     encoder = VisionEncoder(backend)
     picture = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8))
-    embeds, cached = encoder.encode(picture)
-    assert not cached and encoder.rows == TINY.num_queries
+    encoded = encoder.encode(picture)
+    assert not encoded.cached and encoder.rows == TINY.num_queries
     expected = reference(tensors, TINY, to_pixels(picture, TINY.image_size))
-    assert np.abs(backend.read(embeds) - expected).max() < 1e-4
+    assert np.abs(backend.read(encoded.embeds) - expected).max() < 1e-4
 
 
 @pytest.mark.parametrize("prefix", ["", "transformer.image_encoder.", "mixins.eva.model."])

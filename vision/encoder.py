@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -15,6 +16,13 @@ from vision.preprocess import model_sized, to_pixels
 
 
 CACHE_SIZE = 32  # pictures whose rows stay in the backend
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    embeds: Tensor  # [1,Q,H] in the backend
+    key: str  # digest of the pixels the net saw: the same picture, the same key
+    cached: bool  # the rows came from the cache, not from the net
 
 
 class VisionEncoder:
@@ -31,20 +39,20 @@ class VisionEncoder:
         """What is worth keeping of a picture between questions: encode() gives the same rows."""
         return model_sized(image, self.image_size)
 
-    def encode(self, image: Image.Image) -> tuple[Tensor, bool]:
-        """The image's [1,Q,H] embeddings in the backend, and whether they came from the cache."""
+    def encode(self, image: Image.Image) -> EncodedImage:
+        """The image's embeddings in the backend, from the cache when it holds them."""
         pixels = to_pixels(image, self.image_size)
         key = hashlib.sha256(pixels.tobytes()).hexdigest()
         if key in self._cache:
             self._cache.move_to_end(key)
-            return self._cache[key], True
+            return EncodedImage(self._cache[key], key, True)
         embeds = self.backend.alloc(self._output.shape, self._output.dtype)
         self.backend.write(self._pixels, pixels)
         self.backend.run("vision", [self._pixels], [embeds])
         self._cache[key] = embeds
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return embeds, False
+        return EncodedImage(embeds, key, False)
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -47,6 +47,11 @@ class Family(Protocol):
     def decode_position(self, index: int, prompt_length: int) -> np.ndarray:
         """Position ids of the token at absolute `index` (>= prompt_length)."""
 
+    # Families whose exports write block_kv nets (causal, positions that do not depend on the
+    # prompt's length, so that cached rows stay valid as a conversation grows) also give:
+    #   history_prefill_positions(start, width) -> position ids of prompt rows start..start+width
+    #   history_prefill_mask(filled, history_rows, length, width) -> history_mask's mask
+
     def decode_mask(self, filled: int, cache_length: int) -> np.ndarray:
         """Mask [1,1,1,cache_length+1]: `filled` cached rows, then the current token."""
 
@@ -61,6 +66,16 @@ def causal_mask(length: int, width: int, seen_by_all: int = 0) -> np.ndarray:
     cols = np.arange(width)[None, :]
     visible = ((cols < seen_by_all) | (cols <= rows)) & (cols < length)
     return np.where(visible, 0.0, MASKED).astype(np.float32)[None, None]
+
+
+def history_mask(filled: int, history_rows: int, length: int, width: int) -> np.ndarray:
+    """Additive [1,1,width,history_rows+width] for `length` new rows (padded to `width`) after
+    `filled` cached rows of a `history_rows`-row cache: each new row sees the filled rows and the
+    new rows up to itself; unfilled cache rows and padding are never seen."""
+    mask = np.full((1, 1, width, history_rows + width), MASKED, dtype=np.float32)
+    mask[..., :filled] = 0.0
+    mask[..., history_rows:] = causal_mask(length, width)
+    return mask
 
 
 def decode_mask(filled: int, cache_length: int) -> np.ndarray:

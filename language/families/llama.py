@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from language.families.base import Prompt, Turn, causal_mask, decode_mask
+from language.families.base import Prompt, Turn, causal_mask, decode_mask, history_mask
 
 IMAGE_PLACEHOLDER_ID = 0  # any id: these rows are overwritten by the image's embeddings
 
@@ -69,6 +69,12 @@ class LlamaFamily:
 
     def prefill_mask(self, length: int, width: int) -> np.ndarray:
         return causal_mask(length, width)
+
+    def history_prefill_positions(self, start: int, width: int) -> np.ndarray:
+        return np.arange(start, start + width, dtype=np.int32)[None]
+
+    def history_prefill_mask(self, filled: int, history_rows: int, length: int, width: int) -> np.ndarray:
+        return history_mask(filled, history_rows, length, width)
 
     def decode_position(self, index: int, prompt_length: int) -> np.ndarray:
         return np.array([[index]], dtype=np.int32)
