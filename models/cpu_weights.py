@@ -10,7 +10,8 @@ quantized per block as they arrive, as llama.cpp's Q8_0 dot products do (without
 kernels take a slow float path: 2.6 tok/s against 57 on this machine). The vision net and the
 embedding table stay float32.
 
-MatMulNBits is an ONNX Runtime operator: the TPU compiles the float32 nets, never these.
+MatMulNBits is an ONNX Runtime operator: the TPU compiles the float32 nets, never these, so
+the copy holds only the nets ONNX Runtime loads (runtime/onnx_backend.py session_files).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import onnx
 
 from models.store import read_config, write_config
 from runtime.backend import ModelFileError
+from runtime.onnx_backend import session_files
 
 WEIGHTS = {"fp32": None, "int8": 8, "int4": 4}  # name -> bits
 BLOCK_SIZE = 32
@@ -32,8 +34,8 @@ INT8_COMPUTE = 4  # MatMulNBits accuracy_level: int8 activations, the fast MLAS 
 
 
 def quantized_nets(model_dir: Path) -> list[Path]:
-    """The nets whose matrices are quantized: the language model's blocks and head."""
-    return sorted(p for p in Path(model_dir).glob("*.onnx") if p.stem.startswith("block") or p.stem == "lm_head")
+    """The nets whose matrices are quantized: the language model's blocks and head, as loaded."""
+    return [p for p in session_files(model_dir) if p.stem.startswith("block") or p.stem == "lm_head"]
 
 
 def quantize_net(path: Path, out: Path, bits: int) -> None:
@@ -56,11 +58,11 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, weights: str) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial-", dir=out_dir.parent))
     try:
-        to_quantize = set(quantized_nets(model_dir))
+        to_quantize, loaded = set(quantized_nets(model_dir)), set(session_files(model_dir))
         for path in sorted(Path(model_dir).iterdir()):
             if path in to_quantize:
                 quantize_net(path, staging / path.name, bits)
-            elif path.is_file() and path.name != "config.json":
+            elif path.is_file() and path.name != "config.json" and (path.suffix != ".onnx" or path in loaded):
                 shutil.copy2(path, staging / path.name)
         write_config(staging, {**config, "weights": weights,
                                "source": {**config.get("source", {}), "weights": weights}})

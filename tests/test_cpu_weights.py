@@ -35,6 +35,9 @@ def constant_matmuls(path) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
 def test_every_weight_matrix_of_the_language_model_is_quantized(tiny_seeing_dir, quantized, weights, bits):
     nets = quantized_nets(quantized[weights])
     assert {p.stem for p in nets} == {p.stem for p in quantized_nets(tiny_seeing_dir[0])} and len(nets) > 2
+    # only what ONNX Runtime loads: block_kv_<i> serves prefill and decode; block_<i> / block_cache_<i> are the TPU's
+    assert sorted(p.name for p in quantized[weights].glob("*.onnx")) == ["block_kv_0.onnx", "block_kv_1.onnx",
+                                                                         "lm_head.onnx", "vision.onnx"]
     for path in nets:
         float_matmuls, nbits = constant_matmuls(path)
         assert float_matmuls == [] and nbits, path.name
