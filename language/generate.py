@@ -39,22 +39,19 @@ PREFILL_CHUNK = 256  # prompt rows read per step where the prefill nets take any
 class ImageRows:
     """An image's prefix embeddings [1,Q,H] in the backend, and the prompt row they start at.
     `key` names the picture (the same picture, the same key) so that a cache holding its rows
-    can be reused; None: the embeddings tensor itself is the key."""
+    can be reused; None: the embeddings tensor itself is the key (held, not its id(), which a
+    later tensor could take over once this one is freed)."""
     embeds: Tensor
     start: int
     key: Hashable | None = None
-
-    def row_keys(self) -> list[Hashable]:
-        key = id(self.embeds) if self.key is None else self.key
-        return [(key, row) for row in range(self.embeds.shape[1])]
 
 
 def row_keys(ids: Sequence[int], image: ImageRows | None = None) -> list[Hashable]:
     """What fills each row of a prompt: its token id, or (picture, row) for an image's rows."""
     keys: list[Hashable] = list(ids)
     if image is not None:
-        image_keys = image.row_keys()
-        keys[image.start:image.start + len(image_keys)] = image_keys
+        picture, rows = image.embeds if image.key is None else image.key, image.embeds.shape[1]
+        keys[image.start:image.start + rows] = [(picture, row) for row in range(rows)]
     return keys
 
 
