@@ -53,7 +53,7 @@ class LlamaArch:
         return asdict(self)
 
 
-def _rope_tables(arch: LlamaArch, positions: int) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(arch: LlamaArch, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin per position, laid out as HF's rotate_half expects: [pos, D] = cat(f, f)."""
     half = arch.head_dim // 2
     inv_freq = 1.0 / (arch.rope_theta ** (np.arange(half, dtype=np.float64) * 2 / arch.head_dim))
@@ -66,7 +66,7 @@ def _weight_in_out(tensors: Tensors, name: str) -> np.ndarray:
     return np.asarray(tensors[name], dtype=np.float32).T
 
 
-class _BlockWriter:
+class BlockWriter:
     """Writes the ops of one decoder layer into a graph; shared by prefill and decode."""
 
     def __init__(self, g: Graph, arch: LlamaArch, tensors: Tensors, layer: int):
@@ -154,6 +154,11 @@ class _BlockWriter:
                        self.prefix + "post_attention_layernorm.weight")
         gate = g.matmul(h, self.w("mlp.gate_proj.weight"), self.prefix + "gate")
         up = g.matmul(h, self.w("mlp.up_proj.weight"), self.prefix + "up")
+        return self.down(gate, up)
+
+    def down(self, gate: str, up: str) -> str:
+        """The MLP's output from its gate and up projections: down(silu(gate) * up)."""
+        g = self.g
         act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
         return g.matmul(act, self.w("mlp.down_proj.weight"), self.prefix + "down")
 
@@ -188,7 +193,7 @@ def block_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, prefill_len
     if history_len is not None:
         hk = g.input("history_k", np.float32, [1, history_len, kv, d])
         hv = g.input("history_v", np.float32, [1, history_len, kv, d])
-    w = _BlockWriter(g, arch, tensors, layer)
+    w = BlockWriter(g, arch, tensors, layer)
     q, k, v = w.qkv(x, pos, tables)
     keys, values = (k, v) if history_len is None else (g.op("Concat", hk, k, axis=1), g.op("Concat", hv, v, axis=1))
     x = g.op("Add", x, w.attention(q, keys, values, mask))
@@ -207,7 +212,7 @@ def block_cache_net(arch: LlamaArch, tensors: Tensors, layer: int, tables, seq_l
     mask = g.input("attention_mask", np.float32, [1, 1, 1, seq_len + 1])
     hk = g.input("history_k", np.float32, [1, seq_len, kv, d])
     hv = g.input("history_v", np.float32, [1, seq_len, kv, d])
-    w = _BlockWriter(g, arch, tensors, layer)
+    w = BlockWriter(g, arch, tensors, layer)
     q, k, v = w.qkv(x, pos, tables)
     x = g.op("Add", x, w.attention_over_cache(q, k, v, hk, hv, mask))
     x = g.op("Add", x, w.mlp(x))
@@ -232,7 +237,7 @@ def export_llama(arch: LlamaArch, tensors: Tensors, out_dir: Path, seq_len: int,
     """Write every net of the model into out_dir; returns the files written."""
     if seq_len > arch.max_positions:
         raise ValueError(f"seq_len {seq_len} exceeds the model's {arch.max_positions} positions")
-    tables = _rope_tables(arch, seq_len)
+    tables = rope_tables(arch, seq_len)
     return write_nets(out_dir, arch.num_layers,
                       embedding_table=lambda: tensors["model.embed_tokens.weight"],
                       block=lambda i: block_net(arch, tensors, i, tables),

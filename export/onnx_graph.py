@@ -2,7 +2,8 @@
 
 The nets are written directly as ONNX graphs from numpy weights, so exporting needs
 neither PyTorch nor a tracer, and every op is a plain one that both ONNX Runtime and
-tpu-mlir accept (opset 17, IR 8).
+tpu-mlir accept (opset 17, IR 8) -- but in the CPU copies' layers (export/llama_onnxruntime.py),
+which use ONNX Runtime's own fused operators.
 
 Large nets. One .onnx file is one protobuf message, which cannot exceed 2 GiB; a net whose
 weights pass EXTERNAL_DATA_ABOVE bytes (the real ChatGLM-6B's embedding and lm_head, 2.1 GB
@@ -153,9 +154,14 @@ class Graph:
         return self.weight(np.asarray(values, dtype=np.int64))
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
-        out = self._fresh(op_type.lower())
-        self._nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
+        return self.ops(op_type, *inputs, outputs=1, **attrs)[0]
+
+    def ops(self, op_type: str, *inputs: str, outputs: int, **attrs) -> list[str]:
+        """A node with several outputs (an empty input name skips an optional input); `domain`
+        among `attrs` names an operator set other than ONNX's, such as ONNX Runtime's com.microsoft."""
+        outs = [self._fresh(op_type.lower()) for _ in range(outputs)]
+        self._nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs
 
     # Composite ops used by several nets.
     def matmul(self, x: str, weight_in_out: np.ndarray, name: str) -> str:
@@ -203,9 +209,10 @@ class Graph:
 
     def _proto(self) -> onnx.ModelProto:
         graph = helper.make_graph(self._nodes, self.name, self._inputs, self._outputs, self._initializers())
+        other_domains = sorted({node.domain for node in self._nodes} - {""})
         return helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-            producer_name="visualglm-tpu",
+            graph, opset_imports=[helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in other_domains],
+            ir_version=IR_VERSION, producer_name="visualglm-tpu",
         )
 
     def model(self) -> onnx.ModelProto:

@@ -113,10 +113,10 @@ def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_
                            f"once).", lambda: export_catalog_model(name_or_path, out_dir, seq_len, progress))
     if weights == "fp32":
         return out_dir
-    from models.cpu_weights import quantize_model_dir
+    from models.cpu_weights import copy_source, quantize_model_dir
 
     quantized = out_dir.with_name(f"{out_dir.name}-{weights}")
-    _once(quantized, {**source, "weights": weights}, f"First use of {name_or_path} with {weights} weights: "
+    _once(quantized, copy_source(source, weights), f"First use of {name_or_path} with {weights} weights: "
           f"quantizing its nets into {quantized} (seconds, once).",
           lambda: quantize_model_dir(out_dir, quantized, weights))
     return quantized

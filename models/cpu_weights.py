@@ -2,6 +2,9 @@
 
     python -m models.cpu_weights MODEL_DIR OUT_DIR --weights int8|int4
 
+A llama-family copy's layers are first rewritten with ONNX Runtime's fused operators
+(export/llama_onnxruntime.py): the same weights in fewer nodes.
+
 Every MatMul with a constant weight in the language model's nets (the blocks and lm_head)
 becomes ONNX Runtime's MatMulNBits, written by ONNX Runtime's own quantizer: 8- or 4-bit
 weights in blocks of 32 inputs with one float scale each and no zero point, the layout of
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import onnx
 
+from export.llama import LlamaArch
+from export.llama_onnxruntime import fuse_block_kv
 from models.store import read_config, write_config
 from runtime.backend import ModelFileError
 from runtime.onnx_backend import session_files
@@ -31,6 +36,12 @@ from runtime.onnx_backend import session_files
 WEIGHTS = {"fp32": None, "int8": 8, "int4": 4}  # name -> bits
 BLOCK_SIZE = 32
 INT8_COMPUTE = 4  # MatMulNBits accuracy_level: int8 activations, the fast MLAS kernels
+COPY_VERSION = 2  # how a copy's nets are written (2: fused llama layers); older copies are made again
+
+
+def copy_source(source: dict, weights: str) -> dict:
+    """What a copy records it was made from: its model's source, the weights and COPY_VERSION."""
+    return {**source, "weights": weights, "copy_version": COPY_VERSION}
 
 
 def quantized_nets(model_dir: Path) -> list[Path]:
@@ -38,11 +49,14 @@ def quantized_nets(model_dir: Path) -> list[Path]:
     return [p for p in session_files(model_dir) if p.stem.startswith("block") or p.stem == "lm_head"]
 
 
-def quantize_net(path: Path, out: Path, bits: int) -> None:
+def quantize_net(path: Path, out: Path, bits: int, arch: LlamaArch | None = None) -> None:
+    """`path`'s net with its matrices quantized, into `out`; a llama block_kv net is fused first
+    when `arch` is given."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=BLOCK_SIZE, is_symmetric=True,
+    net = fuse_block_kv(path, arch).model() if arch and path.stem.startswith("block_kv_") else onnx.load(str(path))
+    quantizer = MatMulNBitsQuantizer(net, bits=bits, block_size=BLOCK_SIZE, is_symmetric=True,
                                      accuracy_level=INT8_COMPUTE)
     quantizer.process()
     onnx.save(quantizer.model.model, str(out))
@@ -53,6 +67,7 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, weights: str) -> None:
     folder of its own and renamed at the end, so a half-written copy is never used."""
     bits = WEIGHTS[weights]
     config = read_config(model_dir)
+    arch = LlamaArch(**config["architecture"]) if config.get("family") == "llama" else None
     if config.get("weights", "fp32") != "fp32":
         raise ValueError(f"{model_dir} is already quantized ({config['weights']}): start from the float32 nets")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -61,11 +76,11 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, weights: str) -> None:
         to_quantize, loaded = set(quantized_nets(model_dir)), set(session_files(model_dir))
         for path in sorted(Path(model_dir).iterdir()):
             if path in to_quantize:
-                quantize_net(path, staging / path.name, bits)
+                quantize_net(path, staging / path.name, bits, arch)
             elif path.is_file() and path.name != "config.json" and (path.suffix != ".onnx" or path in loaded):
                 shutil.copy2(path, staging / path.name)
         write_config(staging, {**config, "weights": weights,
-                               "source": {**config.get("source", {}), "weights": weights}})
+                               "source": copy_source(config.get("source", {}), weights)})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

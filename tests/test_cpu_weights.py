@@ -41,12 +41,49 @@ def test_every_weight_matrix_of_the_language_model_is_quantized(tiny_seeing_dir,
     for path in nets:
         float_matmuls, nbits = constant_matmuls(path)
         assert float_matmuls == [] and nbits, path.name
+        if path.stem.startswith("block_kv_"):  # the llama layers are fused first
+            assert "RotaryEmbedding" in {node.op_type for node in onnx.load(str(path)).graph.node}
         for node in nbits:
             attributes = {a.name: a.i for a in node.attribute}
             assert attributes["bits"] == bits and attributes["block_size"] == 32 and attributes["accuracy_level"] == 4
     vision = "vision.onnx"
     assert (quantized[weights] / vision).read_bytes() == (tiny_seeing_dir[0] / vision).read_bytes()
     assert read_config(quantized[weights])["weights"] == weights
+
+
+def test_the_cpu_copy_fuses_a_llama_layer_and_it_computes_the_same(tmp_path):
+    """export/llama_onnxruntime.py: the plain block_kv net's results from fewer nodes, over no
+    history and over some, for one row and for several, as the ONNX Runtime backend runs them."""
+    from export.llama_onnxruntime import fuse_block_kv
+    from runtime.onnx_backend import OnnxBackend
+
+    export_tiny_llama(tmp_path / "export", seq_len=TINY_SEQ)
+    plain = tmp_path / "export" / "block_kv_1.onnx"
+    for folder in ("plain", "fused"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "plain" / plain.name).write_bytes(plain.read_bytes())
+    fused = fuse_block_kv(plain, TINY_LLAMA).save(tmp_path / "fused" / plain.name)
+    ops = [node.op_type for node in onnx.load(str(fused)).graph.node]
+    assert ops.count("RotaryEmbedding") == 2 and "SkipSimplifiedLayerNormalization" in ops and "Neg" not in ops
+    assert len(ops) < len(onnx.load(str(plain)).graph.node) * 2 / 3
+    rng = np.random.default_rng(0)
+    kv, d, h = TINY_LLAMA.num_kv_heads, TINY_LLAMA.head_dim, TINY_LLAMA.hidden_size
+    backends = {name: OnnxBackend(tmp_path / name) for name in ("plain", "fused")}
+    for filled, new in ((0, 5), (7, 1), (9, 4)):
+        mask = np.where(np.arange(filled + new)[None] > filled + np.arange(new)[:, None], -1e4, 0)
+        inputs = (rng.standard_normal((1, new, h)), np.arange(filled, filled + new)[None], mask[None, None],
+                  rng.standard_normal((1, filled, kv, d)), rng.standard_normal((1, filled, kv, d)))
+        results = {}
+        for name, backend in backends.items():
+            spec = backend.nets()["block_kv_1"]
+            tensors = [backend.alloc(np.shape(x), s.dtype) for x, s in zip(inputs, spec.inputs)]
+            for tensor, x in zip(tensors, inputs):
+                backend.write(tensor, x)
+            outputs = [backend.alloc(shape, np.float32) for shape in ((1, new, h), (1, new, kv, d), (1, new, kv, d))]
+            backend.run("block_kv_1", tensors, outputs)
+            results[name] = [backend.read(x) for x in outputs]
+        for plain_out, fused_out in zip(results["plain"], results["fused"], strict=True):
+            np.testing.assert_allclose(fused_out, plain_out, rtol=1e-4, atol=1e-4)
 
 
 def teacher_forced(model, ids: list[int], cut: int) -> np.ndarray:
