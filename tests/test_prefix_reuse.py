@@ -91,6 +91,19 @@ def test_a_follow_up_reads_only_its_new_turn_and_answers_as_a_whole_read(model, 
     assert follow_up.answer == whole.answer and follow_up.new_tokens == whole.new_tokens
 
 
+def test_a_follow_up_about_a_picture_keeps_the_picture_and_answers_as_a_whole_read(tiny_seeing_dir):
+    model = load_chat_model(tiny_seeing_dir[0])
+    model.generator.open_slots(2)
+    picture = Image.new("RGB", (64, 48), (30, 160, 60))
+    first = model.reply([], "What colour is it?", GREEDY, image=picture, slot=0)
+    history, question = [Turn("What colour is it?", first.answer)], "And its shape?"
+    follow_up = model.reply(history, question, GREEDY, image=picture, slot=0)
+    assert first.prompt_tokens <= follow_up.cached_tokens < follow_up.prompt_tokens  # picture rows included
+    model.generator.reuse_prefixes = False
+    whole = model.reply(history, question, GREEDY, image=picture, slot=1)
+    assert whole.cached_tokens == 0 and (follow_up.answer, follow_up.new_tokens) == (whole.answer, whole.new_tokens)
+
+
 def test_a_picture_is_kept_only_where_the_same_picture_was(tiny_seeing_dir):
     model = load_chat_model(tiny_seeing_dir[0])
     generator, rows = model.generator, model.vision.rows

@@ -1,7 +1,8 @@
 """Training and evaluation examples: image question/answer pairs and text-only prompts.
 
-Each example carries the label indices the vision tower's auxiliary heads learn from
-(-1 where a label is unknown), and the word an evaluation looks for in the reply.
+Each example carries the labels the vision tower's auxiliary heads learn from (-1 where a
+label is unknown), the words an evaluation looks for in the reply, and the earlier turns of
+its conversation, if any (the picture belongs to the first of them).
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from typing import Callable
 
 from PIL import Image
 
-from training.scenes import COLOURS, POSITIONS, draw_scene, questions, random_scene, reasoned
+from training.scenes import COLOURS, POSITIONS, Scene, draw_scene, questions, random_scene, reasoned
+from web.handlers import DESCRIBE_PROMPT
 
 SHAPE_LABELS = ("circle", "rectangle", "square", "triangle", "star")
 COLOUR_LABELS = tuple(COLOURS)
-POSITION_LABELS = tuple(POSITIONS)
+POSITION_LABELS = POSITIONS
 COUNT_LABELS = (1, 2, 3, 4)
+LABELS = 2 + len(SHAPE_LABELS) + len(COLOUR_LABELS)  # count, position, count per kind, colour present
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,24 @@ class Example:
     image: Callable[[], Image.Image] | None  # None: a text-only example
     question: str
     answer: str
-    expected: str  # the word an evaluation looks for in the reply
-    labels: tuple[int, int, int, int] = (-1, -1, -1, -1)  # shape, colour, count, position
+    expected: str  # the words a correct reply holds (space-separated; "yes"/"no" exclude each other)
+    labels: tuple[int, ...] = (-1,) * LABELS  # what the tower's auxiliary heads learn; -1 where unknown
+    history: tuple[tuple[str, str], ...] = ()  # earlier turns about the same picture, first one first
+    kind: str = ""  # what is asked: count, colour, shape, yes/no, position, describe
 
 
 def _label(value, table) -> int:
     return table.index(value) if value in table else -1
+
+
+def scene_labels(scene: Scene) -> tuple[int, ...]:
+    """Total count (index into COUNT_LABELS), the single shape's region, how many of each kind,
+    and whether each colour is there (0/1)."""
+    region = scene.shapes[0].region if scene.count == 1 else None
+    kinds, colours = scene.kinds(), scene.colours()
+    return (_label(scene.count, COUNT_LABELS), _label(region, POSITION_LABELS),
+            *(kinds.get(k, 0) if k != "rectangle" else -1 for k in SHAPE_LABELS),
+            *(int(c in colours) for c in COLOUR_LABELS))
 
 
 def easy_vqa(split: str) -> list[Example]:
@@ -50,13 +65,16 @@ def easy_vqa(split: str) -> list[Example]:
     examples = []
     for text, answer, image_id in zip(texts, answers, image_ids):
         known = truth[image_id]
-        labels = (_label(known.get("shape"), SHAPE_LABELS), _label(known.get("colour"), COLOUR_LABELS), 0, -1)
+        shape, colour = known.get("shape"), known.get("colour")
+        labels = (0, -1, *((int(k == shape) if shape else -1) for k in SHAPE_LABELS),
+                  *((int(c == colour) if colour else -1) for c in COLOUR_LABELS))
         reply = f"{answer.capitalize()}."
         if answer in ("yes", "no"):
             asked = "shape" if any(shape in text for shape in SHAPE_LABELS) else "colour"
             if asked in known:
                 reply = reasoned(answer, **{asked: known[asked]})
-        examples.append(Example(_opener(paths[image_id]), text[0].upper() + text[1:], reply, answer, labels))
+        kind = "yes/no" if answer in ("yes", "no") else "shape" if answer in SHAPE_LABELS else "colour"
+        examples.append(Example(_opener(paths[image_id]), text[0].upper() + text[1:], reply, answer, labels, kind=kind))
     return examples
 
 
@@ -65,18 +83,28 @@ def _opener(path: str) -> Callable[[], Image.Image]:
     return lambda: Image.open(path).convert("RGB")
 
 
-def generated(count: int, seed: int) -> list[Example]:
-    """`count` questions about freshly drawn scenes; different seeds give disjoint sets."""
+def generated(count: int, seed: int, follow_ups: float = 0.0) -> list[Example]:
+    """`count` questions about freshly drawn scenes; different seeds give disjoint sets.
+
+    A share `follow_ups` of them come after one to three earlier turns about the same picture
+    (the first often the description the app asks for on upload), answered correctly."""
     rng = random.Random(seed)
     examples: list[Example] = []
     while len(examples) < count:
         scene = random_scene(rng)
         scene_seed = rng.randrange(2**31)
-        labels = (_label(scene.shape, SHAPE_LABELS), _label(scene.colour, COLOUR_LABELS),
-                  _label(scene.count, COUNT_LABELS), _label(scene.position, POSITION_LABELS))
+        labels = scene_labels(scene)
         draw = (lambda s=scene, k=scene_seed: draw_scene(s, random.Random(k)))
-        for question, answer, word in questions(scene, rng):
-            examples.append(Example(draw, question, answer, word, labels))
+        asked = questions(scene, rng)
+        for i, qa in enumerate(asked):
+            history: tuple[tuple[str, str], ...] = ()
+            if rng.random() < follow_ups:
+                earlier = [(q.question, q.answer) for q in rng.sample(asked[:i] + asked[i + 1:], rng.randint(1, 3))]
+                described = next(q for q in asked if q.kind == "describe")
+                if qa is not described and rng.random() < 0.4:  # the app describes a picture on upload
+                    earlier = [(DESCRIBE_PROMPT, described.answer)] + [t for t in earlier if t[1] != described.answer][:2]
+                history = tuple(earlier)
+            examples.append(Example(draw, qa.question, qa.answer, qa.expected, labels, history, qa.kind))
     return examples[:count]
 
 

@@ -1,9 +1,11 @@
 """Teach the default model to see: train the vision tower into SmolLM2-135M, on CPU.
 
     python -m training.train_vision --out runs/vision [--minutes 55 | --steps N --warmup-steps M] [--seed 0]
+                                    [--init models/weights/smollm2-vision.npz]
 
 What is trained, and why:
-- the vision tower (ViT + Q-Former + projection), from scratch;
+- the vision tower (ViT + Q-Former + projection), from scratch or, with --init, from a
+  shipped tower and its adapters;
 - LoRA adapters (rank 8) on every linear layer of the language model, whose own weights stay
   frozen. A frozen 135 M model cannot be steered into answering yes/no questions about an
   image from a prefix alone (measured: chance level), so, as VisualGLM does when it is
@@ -11,18 +13,23 @@ What is trained, and why:
   at export.
 
 Steps:
-1. warm-up (no language model, about a third of the time): the tower alone learns shape,
-   colour, count and position from auxiliary classification heads on its query outputs,
-   at ~0.3 s per batch of 32 instead of ~1 s per batch of 8 with the LM in the loop;
+1. warm-up (no language model): the tower alone learns how many shapes there are, how many
+   of each kind, which colours, and where a single shape is, from auxiliary classification
+   heads on its query outputs, at ~0.4 s per batch of 32 instead of ~1.5 s per batch of 8
+   with the LM in the loop;
 2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
    runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
    stays on. One batch in eight slots is a text-only chat answered beforehand by the
    untouched model (self-distillation), so text chat keeps its behaviour. The LM runs under
    bfloat16 autocast (the master weights stay fp32): 3x faster on CPUs with AVX-512 BF16.
 
-Data: easy-vqa's train split and scenes drawn by training/scenes.py. Seeded; logs JSON
-lines to OUT/train.log; checkpoints to OUT/checkpoint.pt every few minutes and resumes from
-it; stops after --minutes and writes OUT/vision-adapter.npz, the file the app ships.
+Data: easy-vqa's train split and scenes drawn by training/scenes.py (three in four picture
+examples), half of the latter asked as follow-ups after one to three earlier turns, with the
+picture in the first user message as the app puts it; every answer of a conversation is a
+target. With --steps, the step size falls linearly to zero over the last 30 % of the run.
+Seeded; logs JSON lines to OUT/train.log; checkpoints to OUT/checkpoint.pt every few minutes
+and resumes from it; stops after --minutes and writes OUT/vision-adapter.npz, the file the
+app ships.
 """
 from __future__ import annotations
 
@@ -37,9 +44,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from language.families import Turn
 from language.families.llama import LlamaFamily
 from models.catalog import TEXT_MODEL, find_smollm2_gguf
 from models.gguf_llama import read_llama_gguf
+from models.vision_adapter import read_vision_adapter
 from training.torch_llama import transformers_llama
 from language.tokenizers import load_tokenizer
 from training.examples import (COLOUR_LABELS, COUNT_LABELS, POSITION_LABELS, SHAPE_LABELS, TEXT_PROMPTS, Example,
@@ -49,9 +58,8 @@ from vision.preprocess import to_pixels
 
 CONFIG = VisionConfig(patch_size=32, num_queries=16)  # 7x7 patches: the pictures are simple, CPU time is short
 LORA_RANK, LORA_ALPHA = 8, 16
+BASE_LR = (2e-4, 1e-3)  # tower and auxiliary heads; LoRA adapters
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-HEADS = {"shape": len(SHAPE_LABELS), "colour": len(COLOUR_LABELS), "count": len(COUNT_LABELS),
-         "position": len(POSITION_LABELS)}
 
 
 class LoRALinear(nn.Module):
@@ -81,18 +89,32 @@ def add_lora(lm: nn.Module) -> dict[str, LoRALinear]:
 
 
 class AuxHeads(nn.Module):
-    """Classifiers on the mean of the Q-Former outputs: a fast, direct signal for the tower."""
+    """Classifiers on the mean of the Q-Former outputs: a fast, direct signal for the tower.
+
+    They read Example.labels: how many shapes there are, where a single shape is, how many of
+    each kind (0-4), and which colours are there."""
 
     def __init__(self, width: int):
         super().__init__()
-        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in HEADS.items()})
+        self.count = nn.Linear(width, len(COUNT_LABELS))
+        self.position = nn.Linear(width, len(POSITION_LABELS))
+        self.kinds = nn.Linear(width, len(SHAPE_LABELS) * 5)
+        self.colours = nn.Linear(width, len(COLOUR_LABELS))
 
     def loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        total = pooled.new_zeros(())
-        for i, (name, head) in enumerate(self.heads.items()):
-            known = labels[:, i] >= 0
-            if known.any():
-                total = total + nn.functional.cross_entropy(head(pooled[known]), labels[known, i])
+        count, position = labels[:, 0], labels[:, 1]
+        kinds, colours = labels[:, 2:2 + len(SHAPE_LABELS)], labels[:, 2 + len(SHAPE_LABELS):]
+        ignore = dict(ignore_index=-1)
+        total = nn.functional.cross_entropy(self.count(pooled), count, **ignore) if (count >= 0).any() else 0
+        if (position >= 0).any():
+            total = total + nn.functional.cross_entropy(self.position(pooled), position, **ignore)
+        if (kinds >= 0).any():
+            logits = self.kinds(pooled).reshape(-1, len(SHAPE_LABELS), 5)
+            total = total + nn.functional.cross_entropy(logits.reshape(-1, 5), kinds.reshape(-1), **ignore)
+        known = colours >= 0
+        if known.any():
+            total = total + nn.functional.binary_cross_entropy_with_logits(
+                self.colours(pooled)[known], colours[known].float())
         return total
 
 
@@ -121,19 +143,27 @@ class Batcher:
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def __call__(self, examples: list[Example], prefix: torch.Tensor | None):
+        """Inputs, attention mask and targets; every answer of a conversation is a target."""
         rows, labels, image_index = [], [], 0
         for example in examples:
             has_image = example.image is not None
-            prompt = self.family.encode([], example.question, CONFIG.num_queries if has_image else 0)
+            history = [Turn(q, a) for q, a in example.history]
+            prompt = self.family.encode(history, example.question, CONFIG.num_queries if has_image else 0)
             answer = self.tokenizer.encode(example.answer, add_special_tokens=False) + [self.end]
-            ids = torch.tensor(prompt.ids + answer)
-            embeds = self.embed(ids)
+            ids = prompt.ids + answer
+            label = [-100] * len(prompt.ids) + answer
+            for k, (_, earlier) in enumerate(example.history):  # earlier answers sit where the template put them
+                start = len(self.family.encode(history[:k], history[k].question, CONFIG.num_queries if has_image else 0).ids)
+                earlier_ids = self.tokenizer.encode(earlier, add_special_tokens=False) + [self.end]
+                assert ids[start:start + len(earlier_ids)] == earlier_ids, "the template moved an earlier answer"
+                label[start:start + len(earlier_ids)] = earlier_ids
+            embeds = self.embed(torch.tensor(ids))
             if has_image:
                 start = prompt.image_start
                 embeds = torch.cat([embeds[:start], prefix[image_index], embeds[start + CONFIG.num_queries:]])
                 image_index += 1
             rows.append(embeds)
-            labels.append([-100] * len(prompt.ids) + answer)
+            labels.append(label)
         width = max(len(x) for x in labels)
         inputs = torch.zeros(len(rows), width, rows[0].shape[-1])
         target = torch.full((len(rows), width), -100)
@@ -167,6 +197,17 @@ def teacher_answers(prompts: list[str], cache: Path) -> dict[str, str]:
     return answers
 
 
+def init_from(path: Path, tower: VisionTower, adapters: dict[str, LoRALinear]) -> None:
+    """Load a shipped tower and its adapters (save_adapter's file) to train further."""
+    shipped = read_vision_adapter(path)
+    if VisionConfig(**shipped.vision_config) != tower.config:
+        raise SystemExit(f"{path} holds a tower of another shape: {shipped.vision_config}")
+    tower.load_state_dict({k: torch.from_numpy(v) for k, v in shipped.vision_tensors.items()})
+    for name, adapter in adapters.items():
+        a, b = shipped.lora[name]
+        adapter.lora_a.data, adapter.lora_b.data = torch.from_numpy(a), torch.from_numpy(b) / adapter.scale
+
+
 def log(out: Path, **record) -> None:
     line = json.dumps({"time": round(time.time(), 1), **record})
     print(line, flush=True)
@@ -197,6 +238,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from a shipped tower and adapters (a vision-adapter .npz) instead of from scratch")
+    parser.add_argument("--scene-share", type=float, default=0.75,
+                        help="the share of picture examples drawn by training/scenes.py (the rest: easy-vqa)")
+    parser.add_argument("--follow-ups", type=float, default=0.5,
+                        help="the share of drawn-scene examples asked after earlier turns")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -212,11 +259,13 @@ def main() -> None:
     lora_params = [p for a in adapters.values() for p in (a.lora_a, a.lora_b)]
     params = [*tower.parameters(), *heads.parameters(), *lora_params]
     optimizer = torch.optim.AdamW([  # a ViT from scratch wants a small step at this batch size
-        {"params": [*tower.parameters(), *heads.parameters()], "lr": 2e-4},
-        {"params": lora_params, "lr": 1e-3}], weight_decay=0.01)
+        {"params": [*tower.parameters(), *heads.parameters()], "lr": BASE_LR[0]},
+        {"params": lora_params, "lr": BASE_LR[1]}], weight_decay=0.01)
     batcher = Batcher(family, tokenizer, lm.model.embed_tokens)
 
-    image_examples = easy_vqa("train") + generated(30000, seed=args.seed + 1)
+    if args.init:
+        init_from(args.init, tower, adapters)
+    easy, scenes = easy_vqa("train"), generated(40000, seed=args.seed + 1, follow_ups=args.follow_ups)
     text_examples = text_only(teacher_answers(TEXT_PROMPTS, args.out / "teacher_answers.json"))
     step, trained_s = 0, 0.0
     checkpoint = args.out / "checkpoint.pt"
@@ -242,7 +291,12 @@ def main() -> None:
     while (step < args.steps) if args.steps else (trained_s < args.minutes * 60):
         started = time.time()
         warm = (step < args.warmup_steps) if args.warmup_steps else (trained_s < args.warmup_minutes * 60)
-        batch = random.sample(image_examples, args.batch * (4 if warm else 1))
+        size = args.batch * (4 if warm else 1)
+        from_scenes = sum(random.random() < args.scene_share for _ in range(size))
+        batch = random.sample(scenes, from_scenes) + random.sample(easy, size - from_scenes)
+        if args.steps and not warm:  # the step size falls to zero over the last 30 % of the run
+            for group, base in zip(optimizer.param_groups, BASE_LR):
+                group["lr"] = base * min(1.0, (args.steps - step) / (0.3 * args.steps))
         if not warm:  # one slot per batch keeps text-only chat as it was
             batch[-1] = random.choice(text_examples)
         images = [e for e in batch if e.image is not None]

@@ -35,11 +35,11 @@ class LlamaFamily:
         self.stop_ids = frozenset(stops)
 
     def encode(self, history: list[Turn], question: str, image_tokens: int = 0, system: str | None = None) -> Prompt:
-        """The chat template; an image goes at the start of the latest user message, then a newline.
+        """The chat template; an image goes at the start of the first user message, then a newline.
 
-        The latest, not the first: the question then sits right after the picture, as in
-        training, whatever came before (measured on the default model: yes/no follow-ups after
-        one turn were answered "yes" every time with the picture in the first message).
+        The first, and it stays there: a follow-up's prompt then begins with the earlier
+        conversation unchanged, so the KV rows of a conversation (picture included) serve its
+        next turn. The default model is trained on conversations laid out this way.
 
         What people wrote is encoded as text only: a chat-template token or the image marker
         typed into a question stays plain text (the template is rendered with a mark in place of
@@ -50,7 +50,8 @@ class LlamaFamily:
         roles = (["system"] if system is not None else []) + ["user", "assistant"] * len(history) + ["user"]
         messages = [{"role": role, "content": mark} for role, mark in zip(roles, marks)]
         if image_tokens:
-            messages[-1]["content"] = image_mark + "\n" + marks[-1]
+            first = roles.index("user")
+            messages[first]["content"] = image_mark + "\n" + marks[first]
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids, image_start = [], None
         for piece in re.split(f"({'|'.join(map(re.escape, [image_mark, *marks]))})", text):

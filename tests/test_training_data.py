@@ -1,0 +1,67 @@
+"""The default model's training data: drawn scenes, their questions and answers, and conversations
+laid out as the app lays them out."""
+import random
+import re
+from collections import Counter
+
+import numpy as np
+import torch
+
+from language.families.llama import LlamaFamily
+from language.tokenizers import load_tokenizer
+from training.evaluate import correct, kind, named_groups
+from training.examples import generated
+from training.scenes import COLOURS, SHAPES, SIZE, Scene, Shape, draw_example, questions, random_scene
+from training.train_vision import CONFIG, Batcher
+
+SMOLLM2_VOCAB = 49152
+SCENES = [random_scene(random.Random(seed)) for seed in range(300)]
+
+
+def test_shapes_stay_in_the_frame_apart_and_are_described_with_their_counts():
+    for scene in SCENES:
+        assert 1 <= scene.count <= 4
+        for a in scene.shapes:
+            assert a.radius <= a.x <= 1 - a.radius and a.radius <= a.y <= 1 - a.radius
+            assert all(np.hypot(a.x - b.x, a.y - b.y) > a.radius + b.radius for b in scene.shapes if b is not a)
+        drawn = Counter((s.colour, s.kind) for s in scene.shapes)
+        assert named_groups(scene.describe()) == drawn, scene.describe()
+
+
+def test_every_answer_holds_its_expected_words_and_yes_no_answers_tell_the_truth():
+    for seed, scene in enumerate(SCENES):
+        for qa in questions(scene, random.Random(seed)):
+            assert correct(qa.answer, qa.expected), qa
+            if qa.kind == "yes/no":
+                words = set(re.findall(r"[a-z]+", qa.question.lower()))
+                colour = next((c for c in COLOURS if c in words), None)
+                shape = next((k for k in SHAPES if k in words or k + "s" in words), None)
+                present = any((colour in (None, s.colour)) and (shape in (None, s.kind)) for s in scene.shapes)
+                assert qa.expected == ("yes" if present else "no"), (qa, scene)
+            if qa.kind == "count" and "how many shapes" in qa.question.lower():
+                assert qa.answer.lower().startswith(("one", "two", "three", "four")[scene.count - 1])
+
+
+def test_counting_of_mixed_shapes_is_reported_on_its_own():
+    mixed = {kind(e) for e in generated(400, seed=5)}
+    assert {"count", "count (mixed)", "colour", "shape", "yes/no", "position", "describe"} <= mixed
+
+
+def test_an_example_picture_shows_each_shape_in_its_colour():
+    scene = Scene((Shape("circle", "red", 0.3, 0.5, 0.15), Shape("square", "blue", 0.75, 0.5, 0.12)))
+    image = np.asarray(draw_example(scene))
+    for shape in scene.shapes:
+        centre = image[round(shape.y * SIZE), round(shape.x * SIZE)]
+        assert np.abs(centre.astype(int) - COLOURS[shape.colour]).max() < 5
+
+
+def test_every_answer_of_a_conversation_is_a_target_and_the_picture_sits_in_the_first_message():
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    batcher = Batcher(LlamaFamily(tokenizer), tokenizer, torch.nn.Embedding(SMOLLM2_VOCAB, 4))
+    conversation = next(e for e in generated(200, seed=7, follow_ups=1.0) if len(e.history) >= 2)
+    prefix = torch.randn(1, CONFIG.num_queries, 4)
+    inputs, mask, target = batcher([conversation], prefix)
+    answers = tokenizer.decode([t for t in target[0].tolist() if t != -100])
+    assert answers == "".join(a + "<|im_end|>" for _, a in conversation.history) + conversation.answer + "<|im_end|>"
+    start = batcher.family.encode([], conversation.history[0][0], CONFIG.num_queries).image_start
+    assert torch.equal(inputs[0, start:start + CONFIG.num_queries], prefix[0]) and bool(mask.all())
