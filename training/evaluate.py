@@ -96,15 +96,12 @@ def reworded_examples(count: int, seed: int) -> list[Example]:
                   "yes" if kind in kinds else "no"),
                  ("yes/no", rng.choice((f"Are any of the objects {colour}?", f"Is anything here coloured {colour}?")),
                   "yes" if colour in colours else "no")]
-        single_kinds, single_colours = [k for k in kinds if kinds[k] == 1], [c for c in colours if colours[c] == 1]
-        if single_kinds:
-            chosen = rng.choice(single_kinds)
-            shape = next(s for s in scene.shapes if s.kind == chosen)
+        if scene.alone("kind"):
+            shape = rng.choice(scene.alone("kind"))
             asked.append(("colour", rng.choice((f"What's the {shape.kind}'s colour?", f"Tell me which colour the {shape.kind} has.",
                                                 f"The {shape.kind}: what colour?")), shape.colour))
-        if single_colours:
-            chosen = rng.choice(single_colours)
-            shape = next(s for s in scene.shapes if s.colour == chosen)
+        if scene.alone("colour"):
+            shape = rng.choice(scene.alone("colour"))
             asked.append(("shape", rng.choice((f"Name the shape that is {shape.colour}.",
                                                f"The {shape.colour} object, what shape is it?")), shape.kind))
         question_kind, question, expected = rng.choice(asked)

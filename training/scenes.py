@@ -70,6 +70,11 @@ class Scene:
     def colours(self) -> Counter:
         return Counter(s.colour for s in self.shapes)
 
+    def alone(self, attribute: str) -> list[Shape]:
+        """The shapes that no other shape shares their `attribute` ("kind" or "colour") with."""
+        seen = Counter(getattr(s, attribute) for s in self.shapes)
+        return [s for s in self.shapes if seen[getattr(s, attribute)] == 1]
+
     def groups(self) -> list[tuple[int, str, str]]:
         """(how many, colour, kind) for each kind of shape seen, from left to right."""
         seen = Counter((s.colour, s.kind) for s in self.shapes)
@@ -242,17 +247,13 @@ def questions(scene: Scene, rng: random.Random) -> list[QA]:
                                  f"Where in the {picture} is the {shape.kind}?", "In which part of the picture is it?"),
                          WHERE[shape.region], shape.region, "position"))
     else:
-        unique_kinds = [k for k in kinds if kinds[k] == 1]
-        if unique_kinds:
-            chosen = rng.choice(unique_kinds)
-            shape = next(s for s in scene.shapes if s.kind == chosen)
+        if scene.alone("kind"):
+            shape = rng.choice(scene.alone("kind"))
             qa.append(QA(_phrase(rng, f"What {colour_word} is the {shape.kind}?", f"Which {colour_word} is the {shape.kind}?",
                                  f"What is the {colour_word} of the {shape.kind}?", f"The {shape.kind} is what {colour_word}?"),
                          f"{shape.colour.capitalize()}.", shape.colour, "colour"))
-        unique_colours = [c for c in colours if colours[c] == 1]
-        if unique_colours:
-            chosen = rng.choice(unique_colours)
-            shape = next(s for s in scene.shapes if s.colour == chosen)
+        if scene.alone("colour"):
+            shape = rng.choice(scene.alone("colour"))
             qa.append(QA(_phrase(rng, f"What shape is the {shape.colour} one?", f"What is the {shape.colour} shape?",
                                  f"Which shape is {shape.colour}?", f"What kind of shape is {shape.colour}?"),
                          f"A {shape.kind}.", shape.kind, "shape"))

@@ -39,7 +39,9 @@ class LlamaFamily:
 
         The first, and it stays there: a follow-up's prompt then begins with the earlier
         conversation unchanged, so the KV rows of a conversation (picture included) serve its
-        next turn. The default model is trained on conversations laid out this way.
+        next turn. (The shipped default tower was trained on single questions only, with the
+        picture and the question in the same message; training/train_vision.py now lays out
+        its conversations this way.)
 
         What people wrote is encoded as text only: a chat-template token or the image marker
         typed into a question stays plain text (the template is rendered with a mark in place of
