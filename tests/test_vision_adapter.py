@@ -1,11 +1,14 @@
 """The file training writes is the file the exporter reads: tower weights and LoRA deltas."""
+from dataclasses import replace
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from models.vision_adapter import merge_lora, read_vision_adapter
-from training.train_vision import LoRALinear, save_adapter
+from training.train_vision import LoRALinear, init_from, save_adapter, teacher_answers
 from training.vision_tower import VisionTower
 from tests.test_vision_parity import SMALL
 
@@ -37,3 +40,36 @@ def test_saved_adapter_reads_back_and_merges_into_the_weights(tmp_path):
 def test_an_adapter_for_another_model_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         merge_lora({"a.weight": np.zeros((2, 2))}, {"b.weight": (np.zeros((1, 2)), np.zeros((2, 1)))})
+
+
+def test_training_resumes_from_a_shipped_file_and_keeps_its_adapters_for_a_tower_of_another_shape(tmp_path):
+    torch.manual_seed(0)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    shipped = LoRALinear(nn.Linear(6, 5, bias=False), rank=2, alpha=4)
+    with torch.no_grad():
+        shipped.lora_b.normal_()
+    tower = VisionTower(SMALL)
+    save_adapter(tmp_path / "a.npz", tower, {name: shipped})
+
+    for config, same_tower in ((SMALL, True), (replace(SMALL, num_queries=SMALL.num_queries + 2), False)):
+        fresh, adapter = VisionTower(config), LoRALinear(nn.Linear(6, 5, bias=False), rank=2, alpha=4)
+        assert init_from(tmp_path / "a.npz", fresh, {name: adapter}) is same_tower
+        np.testing.assert_allclose(adapter.lora_b.detach().numpy(), shipped.lora_b.detach().numpy(), atol=1e-2)
+        kept = torch.equal(fresh.patch.weight.half(), tower.patch.weight.half())
+        assert kept is same_tower
+
+
+def test_teacher_answers_ask_only_the_prompts_not_asked_before(tmp_path, monkeypatch):
+    asked = []
+
+    class Model:
+        def reply(self, history, prompt, settings):
+            asked.append(prompt)
+            return SimpleNamespace(answer=f"about {prompt}", finish_reason="length" if "long" in prompt else "stop")
+
+    monkeypatch.setattr("models.catalog.prepare_model", lambda *args, **kwargs: tmp_path)
+    monkeypatch.setattr("models.loader.load_chat_model", lambda path: Model())
+    cache = tmp_path / "teacher.json"
+    assert teacher_answers(["a", "a long one"], cache) == {"a": "about a"}  # unfinished answers are left out
+    assert teacher_answers(["a", "a long one", "b"], cache) == {"a": "about a", "b": "about b"}
+    assert asked == ["a", "a long one", "b"]

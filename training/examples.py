@@ -110,9 +110,9 @@ def generated(count: int, seed: int, follow_ups: float = 0.0) -> list[Example]:
 
 TEXT_PROMPTS = [
     *(f"What is the capital of {country}?" for country in
-      ("France", "Germany", "Italy", "Spain", "Japan", "China", "Canada", "Brazil", "Egypt", "India",
+      ("Portugal", "Germany", "Italy", "Spain", "Japan", "China", "Canada", "Brazil", "Egypt", "India",
        "Russia", "Mexico", "Australia", "Kenya", "Norway")),
-    *(f"Write a short poem about {topic}." for topic in ("the sea", "autumn", "a cat", "the moon", "coffee")),
+    *(f"Write a short poem about {topic}." for topic in ("a river", "autumn", "a cat", "the moon", "coffee")),
     *(f"Explain {topic} in simple terms." for topic in
       ("photosynthesis", "gravity", "what a CPU does", "how rain forms", "what a computer network is",
        "why the sky is blue", "how vaccines work", "what an atom is")),
@@ -122,6 +122,18 @@ TEXT_PROMPTS = [
     "Translate 'good morning' into French.", "What are the colors of the rainbow?",
     "Name three animals that live in the ocean.", "What is the boiling point of water?",
     "Summarize the story of Cinderella in two sentences.", "What day comes after Monday?",
+    *(f"What is {a} times {b}?" for a, b in ((3, 4), (6, 7), (9, 5), (8, 8))),
+    *(f"Write two sentences about {topic}." for topic in
+      ("a busy market", "a mountain hike", "a library", "the first day of school", "a thunderstorm")),
+    *(f"What does {word} mean?" for word in ("generous", "ancient", "curious", "fragile", "brief")),
+    *(f"How do I {task}?" for task in
+      ("make a cup of tea", "plant a tree", "write a thank-you note", "tie a shoelace", "wash my hands properly")),
+    *(f"Who was {person}?" for person in ("Albert Einstein", "Marie Curie", "William Shakespeare", "Cleopatra")),
+    *(f"Describe {thing} in one sentence." for thing in ("a forest", "the desert", "a snowy morning", "a city at night")),
+    "Recommend a good book for a teenager.", "What is the largest animal on Earth?",
+    "Can you help me plan a birthday party?", "What is the difference between weather and climate?",
+    "Write a haiku about spring.", "What are some healthy breakfast ideas?", "Thank you!",
+    "What is your favourite colour?", "Count from one to ten.", "Spell the word 'elephant'.",
 ]
 
 

@@ -19,8 +19,8 @@ Steps:
    with the LM in the loop;
 2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
    runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
-   stays on. One batch in eight slots is a text-only chat answered beforehand by the
-   untouched model (self-distillation), so text chat keeps its behaviour. The LM runs under
+   stays on. Two slots of each batch of eight (--text-slots) are text-only chats answered
+   beforehand by the untouched model (self-distillation), so text chat keeps its behaviour. The LM runs under
    bfloat16 autocast (the master weights stay fp32): 3x faster on CPUs with AVX-512 BF16.
 
 Data: easy-vqa's train split and scenes drawn by training/scenes.py (three in four picture
@@ -183,29 +183,35 @@ def answer_loss(lm: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, target:
 
 
 def teacher_answers(prompts: list[str], cache: Path) -> dict[str, str]:
-    """Greedy answers of the untouched model, through this project's own runtime."""
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    from models.loader import load_chat_model
-    from language.sampling import SamplingSettings
-    from models.catalog import prepare_model
+    """Greedy answers of the untouched model, through this project's own runtime. The cache
+    keeps every prompt asked (null where the answer did not finish), so a longer list asks
+    only the new prompts."""
+    asked = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [p for p in prompts if p not in asked]
+    if missing:
+        from models.loader import load_chat_model
+        from language.sampling import SamplingSettings
+        from models.catalog import prepare_model
 
-    model = load_chat_model(prepare_model(TEXT_MODEL, progress=None))
-    replies = {p: model.reply([], p, SamplingSettings(max_new_tokens=96)) for p in prompts}
-    answers = {p: r.answer for p, r in replies.items() if r.finish_reason == "stop"}  # complete answers only
-    cache.write_text(json.dumps(answers, indent=1, ensure_ascii=False))
-    return answers
+        model = load_chat_model(prepare_model(TEXT_MODEL, progress=None))
+        for prompt in missing:
+            reply = model.reply([], prompt, SamplingSettings(max_new_tokens=96))
+            asked[prompt] = reply.answer if reply.finish_reason == "stop" else None  # complete answers only
+        cache.write_text(json.dumps(asked, indent=1, ensure_ascii=False))
+    return {p: asked[p] for p in prompts if asked[p] is not None}
 
 
-def init_from(path: Path, tower: VisionTower, adapters: dict[str, LoRALinear]) -> None:
-    """Load a shipped tower and its adapters (save_adapter's file) to train further."""
+def init_from(path: Path, tower: VisionTower, adapters: dict[str, LoRALinear]) -> bool:
+    """Load a shipped file's adapters (save_adapter's file) to train further, and its tower
+    when it has this run's shape; False when the tower starts afresh."""
     shipped = read_vision_adapter(path)
-    if VisionConfig(**shipped.vision_config) != tower.config:
-        raise SystemExit(f"{path} holds a tower of another shape: {shipped.vision_config}")
-    tower.load_state_dict({k: torch.from_numpy(v) for k, v in shipped.vision_tensors.items()})
     for name, adapter in adapters.items():
         a, b = shipped.lora[name]
         adapter.lora_a.data, adapter.lora_b.data = torch.from_numpy(a), torch.from_numpy(b) / adapter.scale
+    if VisionConfig(**shipped.vision_config) != tower.config:
+        return False
+    tower.load_state_dict({k: torch.from_numpy(v) for k, v in shipped.vision_tensors.items()})
+    return True
 
 
 def log(out: Path, **record) -> None:
@@ -239,11 +245,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", type=Path, default=None,
-                        help="start from a shipped tower and adapters (a vision-adapter .npz) instead of from scratch")
+                        help="start from a shipped file's adapters (a vision-adapter .npz), and its tower if it has this shape")
     parser.add_argument("--scene-share", type=float, default=0.75,
                         help="the share of picture examples drawn by training/scenes.py (the rest: easy-vqa)")
     parser.add_argument("--follow-ups", type=float, default=0.5,
                         help="the share of drawn-scene examples asked after earlier turns")
+    parser.add_argument("--text-slots", type=int, default=2,
+                        help="text-only chat examples in each end-to-end batch, to keep text chat as it was")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -263,8 +271,8 @@ def main() -> None:
         {"params": lora_params, "lr": BASE_LR[1]}], weight_decay=0.01)
     batcher = Batcher(family, tokenizer, lm.model.embed_tokens)
 
-    if args.init:
-        init_from(args.init, tower, adapters)
+    if args.init and not init_from(args.init, tower, adapters):
+        log(args.out, event="initialised", adapters=str(args.init), tower="afresh (another shape)")
     easy, scenes = easy_vqa("train"), generated(40000, seed=args.seed + 1, follow_ups=args.follow_ups)
     text_examples = text_only(teacher_answers(TEXT_PROMPTS, args.out / "teacher_answers.json"))
     step, trained_s = 0, 0.0
@@ -290,15 +298,15 @@ def main() -> None:
     last_save = time.time()
     while (step < args.steps) if args.steps else (trained_s < args.minutes * 60):
         started = time.time()
-        warm = (step < args.warmup_steps) if args.warmup_steps else (trained_s < args.warmup_minutes * 60)
+        warm = (step < args.warmup_steps) if args.warmup_steps is not None else (trained_s < args.warmup_minutes * 60)
         size = args.batch * (4 if warm else 1)
         from_scenes = sum(random.random() < args.scene_share for _ in range(size))
         batch = random.sample(scenes, from_scenes) + random.sample(easy, size - from_scenes)
         if args.steps and not warm:  # the step size falls to zero over the last 30 % of the run
             for group, base in zip(optimizer.param_groups, BASE_LR):
                 group["lr"] = base * min(1.0, (args.steps - step) / (0.3 * args.steps))
-        if not warm:  # one slot per batch keeps text-only chat as it was
-            batch[-1] = random.choice(text_examples)
+        if not warm:
+            batch[len(batch) - args.text_slots:] = random.sample(text_examples, args.text_slots)
         images = [e for e in batch if e.image is not None]
         prefix, pooled = tower_outputs(tower, pixels_of(images))
         aux = heads.loss(pooled, labels_of(images))
