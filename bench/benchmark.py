@@ -319,8 +319,9 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--runs", str(args.runs),
                "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
     out = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if out.returncode:
-        raise SystemExit(f"the {name} worker failed (exit {out.returncode}); its error is above")
+    if out.returncode:  # one runtime's crash (llama.cpp's AMX kernels, say) must not lose the others' figures
+        print(f"the {name} worker failed (exit {out.returncode}); its error, if any, is above", file=sys.stderr)
+        return {"runtime": RUNTIMES[name], "error": f"failed (exit {out.returncode})"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -374,7 +375,9 @@ def main(args: argparse.Namespace) -> None:
     from models.catalog import VISION_ADAPTER
 
     seeing = run_worker("vision", args) if "vision" in names and VISION_ADAPTER.is_file() else None
-    if seeing:
+    if seeing and "error" in seeing:
+        print(f"\n(vision part {seeing['error']})")
+    elif seeing:
         print("\n" + vision_table(seeing))
     elif "vision" in names:
         print(f"\n(vision part skipped: {VISION_ADAPTER} is not there)")
