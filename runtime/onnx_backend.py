@@ -18,7 +18,7 @@ import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -73,7 +73,7 @@ def _filled_history(path: Path) -> tuple[bytes, dict[str, tuple[int, ...]]] | No
     return model.SerializeToString(), declared
 
 
-def _glibc_malloc_trim():
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     try:
         return ctypes.CDLL(name).malloc_trim if name else None
@@ -86,8 +86,7 @@ _malloc_trim = _glibc_malloc_trim()
 
 def _release_free_heap() -> None:
     """Give the heap's free pages back to the system. Loading a net leaves its protobuf copies
-    freed but resident (glibc keeps them per thread): trimming after each net kept the default
-    model's peak at 336 MB instead of 395 (int8) and 768 instead of 927 (fp32)."""
+    freed but resident (glibc keeps them per thread), which would count in the peak."""
     if _malloc_trim is not None:
         _malloc_trim(0)
 
@@ -141,7 +140,7 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.use_per_session_threads = False
         # Without an arena per session, the 31 sessions' intermediate tensors do not each keep
-        # their largest size reserved: 46 MB less after one answer (int8), at the same speed.
+        # their largest size reserved (with the heap trimmed on loading: README, Benchmark).
         options.enable_cpu_mem_arena = False
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Session creation releases the GIL: loading the nets side by side halves start-up.
