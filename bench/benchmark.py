@@ -4,8 +4,9 @@ then the seeing default model's vision time and first-token latency with and wit
     python bench/benchmark.py [--runs 5] [--new-tokens 64] [--threads N] [--only RUNTIME|vision] [--json PATH]
 
 Runtimes, on CPU with the same thread count:
-  split nets, ONNX Runtime  this project: Generator.prefill / Generator.decode over the exported nets (fp32)
-  ... int8 / int4 weights   the same nets with their matrices quantized (models/cpu_weights.py);
+  split nets, ONNX Runtime  this project: Generator.prefill / Generator.decode over the model's CPU copy
+                            (models/cpu_weights.py: fused layers, cache in place), fp32 weights
+  ... int8 / int4 weights   the same nets with their matrices quantized;
                             compared with the fp32 nets in the same run
   transformers eager        training.torch_llama.transformers_llama on the very same weights (fp32)
                             (read_llama_gguf), one forward per token with a KV cache, inference_mode
@@ -287,10 +288,10 @@ def vision_table(r: dict) -> str:
 
 
 def export_once() -> Path:
-    """Export the text model (and its quantized copies) if needed, in a child process: a big
+    """Export the text model (and its CPU copies) if needed, in a child process: a big
     parent would inflate the workers' ru_maxrss, which Linux carries across exec."""
     code = ("from models.catalog import TEXT_MODEL, prepare_model; [prepare_model(TEXT_MODEL, weights=w) "
-            "for w in ('int8', 'int4')]; print(prepare_model(TEXT_MODEL))")
+            "for w in ('fp32', 'int8', 'int4')]; print(prepare_model(TEXT_MODEL))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 

@@ -1,17 +1,22 @@
 """The llama layer for ONNX Runtime on the CPU: block_kv_<i> written with ONNX Runtime's own
 fused operators, for the CPU copies of a model (models/cpu_weights.py).
 
-The same inputs, outputs, weights and attention as export/llama.py's block_kv_<i>, which
-tpu-mlir compiles, in fewer and larger nodes (35 against 54 once ONNX Runtime has optimized
-either). At the default model's size a node costs ONNX Runtime a few microseconds whatever it
-does, as much as a decode step's int8 matrix products, so:
-- RotaryEmbedding (com.microsoft) replaces the rotation's gathers, slices, negation and concat;
+The same weights and arithmetic as export/llama.py's block_kv_<i>, which tpu-mlir compiles, in
+a dozen nodes instead of 54. At the default model's size a node costs ONNX Runtime a few
+microseconds whatever it does, as much as a decode step's int8 matrix products, so:
 - Q, K and V come from one matrix product, and so do the MLP's gate and up projections;
+- GroupQueryAttention rotates Q and K, attends and writes the new rows' K/V into the cache,
+  in one node;
 - SkipSimplifiedLayerNormalization adds the attention's residual and normalizes in one node.
-ONNX Runtime already fuses the plain net's RMS norms and SiLU by itself.
+ONNX Runtime already fuses the RMS norm and SiLU by itself.
 
-GroupQueryAttention was tried and left out: it takes the cache heads-first, so the history is
-transposed at every step, and over 500 cached rows and more it was slower than this attention.
+So the CPU net has a contract of its own, the in-place cache (language/generate.py NetLayout):
+- the cache is heads-first, [1, KV, SEQ, D], the layout GroupQueryAttention reads;
+- the net's present K/V outputs are bound to the very tensors given as past K/V, and it writes
+  the new rows at `total_sequence_length - rows`: nothing is copied into the cache and the
+  history is never concatenated or transposed;
+- a row's position is its index in the cache (the llama family's), so positions and the
+  causal mask come from the two lengths.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import numpy_helper
 
 from export.llama import BlockWriter, LlamaArch, rope_tables
 from export.onnx_graph import Graph
@@ -36,23 +41,19 @@ def fused_block_kv_net(arch: LlamaArch, tensors, layer: int, tables, seq_len: in
     g = Graph(f"block_kv_{layer}")
     nh, kv, d, rows = arch.num_heads, arch.num_kv_heads, arch.head_dim, "seq"
     x = g.input("input_states", np.float32, [1, rows, arch.hidden_size])
-    positions = g.op("Cast", g.input("position_ids", np.int32, [1, rows]), to=TensorProto.INT64)
-    mask = g.input("attention_mask", np.float32, [1, 1, rows, "seq_and_new"])
-    history_k = g.input("history_k", np.float32, [1, seq_len, kv, d])
-    history_v = g.input("history_v", np.float32, [1, seq_len, kv, d])
+    last_row = g.input("seqlens_k", np.int32, [1])  # total_sequence_length - 1: GroupQueryAttention's convention
+    total = g.input("total_sequence_length", np.int32, [])
+    past_k = g.input("past_key", np.float32, [1, kv, seq_len, d])
+    past_v = g.input("past_value", np.float32, [1, kv, seq_len, d])
     w, prefix = BlockWriter(g, arch, tensors, layer), f"model.layers.{layer}."
 
     h = g.rms_norm(x, np.asarray(tensors[prefix + PLAIN_NORMS[0]]), arch.rms_eps, prefix + PLAIN_NORMS[0])
     qkv = g.matmul(h, np.concatenate([w.w(PLAIN_MATRICES[m]) for m in "qkv"], axis=1), prefix + "qkv")
-    q, k, v = g.ops("Split", qkv, g.ints([nh * d, kv * d, kv * d]), outputs=3, axis=-1)
     half = d // 2
     cos, sin = g.weight(np.ascontiguousarray(tables[0][:, :half])), g.weight(np.ascontiguousarray(tables[1][:, :half]))
-    q = g.op("RotaryEmbedding", q, positions, cos, sin, domain=ORT_DOMAIN, num_heads=nh, interleaved=0)
-    k = g.reshape(g.op("RotaryEmbedding", k, positions, cos, sin, domain=ORT_DOMAIN, num_heads=kv, interleaved=0),
-                  [1, -1, kv, d])
-    v = g.reshape(v, [1, -1, kv, d])
-    attended = w.attention(g.reshape(q, [1, -1, nh, d]), g.op("Concat", history_k, k, axis=1),
-                           g.op("Concat", history_v, v, axis=1), mask)
+    attended, present_k, present_v = g.ops("GroupQueryAttention", qkv, "", "", past_k, past_v, last_row, total, cos, sin,
+                                           outputs=3, domain=ORT_DOMAIN, num_heads=nh, kv_num_heads=kv, do_rotary=1)
+    attended = g.matmul(attended, w.w(PLAIN_MATRICES["o"]), prefix + "o")
 
     norm = g.weight(np.asarray(tensors[prefix + PLAIN_NORMS[1]], np.float32), prefix + PLAIN_NORMS[1])
     h, _, _, x = g.ops("SkipSimplifiedLayerNormalization", x, attended, norm, outputs=4, domain=ORT_DOMAIN,
@@ -62,8 +63,8 @@ def fused_block_kv_net(arch: LlamaArch, tensors, layer: int, tables, seq_len: in
     gate, up = g.ops("Split", gate_up, g.ints([arch.intermediate_size] * 2), outputs=2, axis=-1)
     x = g.op("Add", x, w.down(gate, up))
     g.output(x, "hidden_states", np.float32, [1, rows, arch.hidden_size])
-    g.output(k, "past_k", np.float32, [1, rows, kv, d])
-    g.output(v, "past_v", np.float32, [1, rows, kv, d])
+    g.output(present_k, "present_key", np.float32, [1, kv, seq_len, d])
+    g.output(present_v, "present_value", np.float32, [1, kv, seq_len, d])
     return g
 
 

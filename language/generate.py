@@ -153,6 +153,7 @@ class NetLayout:
     prefill_widths: tuple[int, ...] | None  # widths of block_<i>, ascending; () = any length; None: no such nets
     history_widths: tuple[int, ...] | None  # widths of block_kv_<i> as above; None: the model has none
     decode_net: str = "block_cache"  # or "block_kv": a step is a prefill of one row after the cached ones
+    cache_in_place: bool = False  # block_kv_<i> writes its rows into a [1,KV,SEQ,D] cache itself (see below)
 
     @property
     def fresh_prefill(self) -> bool:
@@ -173,6 +174,9 @@ class NetLayout:
         decode = "block_cache" if "block_cache_0" in nets else "block_kv"
         hidden = nets[f"{decode}_0"].inputs[0].shape[-1]
         history = nets[f"{decode}_0"].inputs[3].shape
+        # The CPU copies' layers (export/llama_onnxruntime.py) take the lengths instead of positions
+        # and a mask, and their present K/V are the past K/V tensors themselves, heads-first.
+        in_place = nets[f"{decode}_0"].inputs[1].name == "seqlens_k"
         for i in range(layers):
             if nets[f"{decode}_{i}"].inputs[3].shape != history:
                 raise ModelFileError(f"{decode}_{i} has a KV cache of shape {nets[f'{decode}_{i}'].inputs[3].shape},"
@@ -181,8 +185,8 @@ class NetLayout:
             raise ModelFileError("lm_head and the blocks disagree on the hidden size")
         widths = {base: prefill_widths(nets, base, layers, host_embedding) if f"{base}_0" in nets else None
                   for base in ("block", "block_kv")}
-        return NetLayout(layers, hidden, nets["lm_head"].outputs[0].shape[-1], history[1],
-                         widths["block"], widths["block_kv"], decode)
+        return NetLayout(layers, hidden, nets["lm_head"].outputs[0].shape[-1], history[2 if in_place else 1],
+                         widths["block"], widths["block_kv"], decode, in_place)
 
 
 def prefill_widths(nets: dict[str, NetSpec], base: str, layers: int, host_embedding: bool) -> tuple[int, ...]:
@@ -218,8 +222,8 @@ class KvSlot:
 class _PrefillBuffers:
     """The tensors of one prefill net and width, kept for the next prompt of that width."""
     hidden: list[Tensor]
-    positions: Tensor
-    mask: Tensor  # with history on a backend that reads filled rows: as wide as the whole cache
+    positions: Tensor | None  # None, and so are mask and past, for nets with the cache in place
+    mask: Tensor | None  # with history on a backend that reads filled rows: as wide as the whole cache
     past: list[Tensor]
 
 
@@ -249,9 +253,12 @@ class Generator:
         self._cache_spec = cache_spec
         self._slots: dict[int, KvSlot] = {}
         self._hidden = [self._alloc(block.inputs[0], 1) for _ in range(2)]
-        self._position = self._alloc(block.inputs[1], 1)
-        self._mask = backend.alloc((1, 1, 1, self.layout.cache_length + 1), block.inputs[2].dtype)
-        self._present = [self._alloc(block.outputs[i], 1) for i in (1, 2)]
+        if self.layout.cache_in_place:  # the rows' last index and their count: what such a net reads
+            self._lengths = [self._alloc(block.inputs[i]) for i in (1, 2)]
+        else:
+            self._position = self._alloc(block.inputs[1], 1)
+            self._mask = backend.alloc((1, 1, 1, self.layout.cache_length + 1), block.inputs[2].dtype)
+            self._present = [self._alloc(block.outputs[i], 1) for i in (1, 2)]
         self._logits = self._alloc(self.nets["lm_head"].outputs[0])
         self._prefill_buffers: dict[tuple[str, int], _PrefillBuffers] = {}
 
@@ -317,6 +324,8 @@ class Generator:
         if (base, width) in self._prefill_buffers:
             return self._prefill_buffers[base, width]
         net = self.nets[self._net(base, 0, width)]
+        if self.layout.cache_in_place:
+            return _PrefillBuffers([self._alloc(net.inputs[0], width) for _ in range(2)], None, None, [])
         with_history = base == "block_kv"
         history = self.layout.cache_length if with_history else 0  # the widest the mask gets
         buffers = _PrefillBuffers([self._alloc(net.inputs[0], width) for _ in range(2)],
@@ -370,8 +379,22 @@ class Generator:
                    width: int) -> None:
         """Prompt rows start..start+count through every layer; their K/V go into the cache at
         `start`, and the last row's hidden state into self._hidden[0]."""
-        b, buffers = self.backend, self._buffers(base, width)
-        hidden, past = list(buffers.hidden), buffers.past
+        buffers = self._buffers(base, width)
+        hidden = list(buffers.hidden)
+        chunk = np.asarray(ids[start:start + count], np.int32)
+        self.embedding.prefill(np.pad(chunk, (0, width - count))[None], hidden[0])
+        if image is not None:
+            self._splice(hidden[0], image, len(ids), start, count)
+        if self.layout.cache_in_place:
+            self._layers_in_place(lambda i: self._net(base, i, width), hidden, kv, start, count)
+        else:
+            self._prefill_layers(base, width, buffers, hidden, kv, start, count)
+        h = self.layout.hidden_size
+        self.backend.copy(self._hidden[0], hidden[0], h, src_offset=(count - 1) * h)
+
+    def _prefill_layers(self, base: str, width: int, buffers: _PrefillBuffers, hidden: list[Tensor], kv: KvSlot,
+                        start: int, count: int) -> None:
+        b, past = self.backend, buffers.past
         mask, history = buffers.mask, [()] * self.layout.num_layers
         if base == "block":
             b.write(buffers.positions, self.family.prefill_positions(count, width))
@@ -386,17 +409,22 @@ class Generator:
             else:
                 history = list(zip(kv.k, kv.v))
             b.write(mask, self.family.history_prefill_mask(start, rows, count, width))
-        chunk = np.asarray(ids[start:start + count], np.int32)
-        self.embedding.prefill(np.pad(chunk, (0, width - count))[None], hidden[0])
-        if image is not None:
-            self._splice(hidden[0], image, len(ids), start, count)
         for i in range(self.layout.num_layers):
             b.run(self._net(base, i, width), [hidden[0], buffers.positions, mask, *history[i]], [hidden[1], *past])
             b.copy(kv.k[i], past[0], count * self.row, dst_offset=start * self.row)
             b.copy(kv.v[i], past[1], count * self.row, dst_offset=start * self.row)
             hidden.reverse()
-        h = self.layout.hidden_size
-        b.copy(self._hidden[0], hidden[0], h, src_offset=(count - 1) * h)
+
+    def _layers_in_place(self, net: Callable[[int], str], hidden: list[Tensor], kv: KvSlot, filled: int,
+                         count: int) -> None:
+        """`count` rows after `filled` cached ones through every layer, on nets that write their
+        K/V rows into the cache themselves (NetLayout.cache_in_place): no history views, no copies."""
+        b, (last_row, total) = self.backend, self._lengths
+        b.write(last_row, np.array([filled + count - 1], np.int32))
+        b.write(total, np.array(filled + count, np.int32))
+        for i in range(self.layout.num_layers):
+            b.run(net(i), [hidden[0], last_row, total, kv.k[i], kv.v[i]], [hidden[1], kv.k[i], kv.v[i]])
+            hidden.reverse()
 
     def _splice(self, hidden, image: ImageRows, length: int, start: int, count: int) -> None:
         """The image's rows that fall in prompt rows start..start+count, into `hidden`."""
@@ -419,9 +447,17 @@ class Generator:
         kv = self.slot(slot)
         if kv.filled >= self.layout.cache_length:
             raise ContextOverflow("the KV cache is full")
+        self.embedding.decode(token, self._hidden[0])
+        if self.layout.cache_in_place:
+            self._layers_in_place(lambda i: f"{self.layout.decode_net}_{i}", self._hidden, kv, kv.filled, 1)
+        else:
+            self._decode_layers(kv)
+        kv.keys.append(token)
+        return self._head(self._hidden[0])
+
+    def _decode_layers(self, kv: KvSlot) -> None:
         b, hidden, filled = self.backend, self._hidden, kv.filled
         b.write(self._position, self.family.decode_position(filled, kv.prompt_length))
-        self.embedding.decode(token, hidden[0])
         if b.reads_filled_history:  # attend over the filled rows only: the cost follows the conversation
             mask = b.view(self._mask, (*self._mask.shape[:-1], filled + 1))
             b.write(mask, self.family.decode_mask(filled, filled))
@@ -438,8 +474,6 @@ class Generator:
             b.copy(kv.k[i], self._present[0], self.row, dst_offset=offset)
             b.copy(kv.v[i], self._present[1], self.row, dst_offset=offset)
             hidden.reverse()
-        kv.keys.append(token)
-        return self._head(hidden[0])
 
     def _head(self, last_hidden) -> np.ndarray:
         self.backend.run("lm_head", [last_hidden], [self._logits])

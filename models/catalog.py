@@ -96,10 +96,11 @@ def _source(name: str, seq_len: int) -> dict:
 
 
 def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_LEN,
-                  progress: Progress | None = _print_progress, weights: str = "fp32") -> Path:
+                  progress: Progress | None = _print_progress, weights: str | None = None) -> Path:
     """A ready model directory: the path itself, or the named model, exported if needed.
-    `weights` (int8, int4) asks for a named model's CPU copy with quantized weights
-    (models/cpu_weights.py), made from the float32 export on first use."""
+    `weights` (fp32, int8, int4) asks for a named model's CPU copy (models/cpu_weights.py: fused
+    layers for ONNX Runtime, matrices quantized unless fp32), made from the export on first use;
+    None gives the export itself, the nets the TPU compiler takes."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         read_config(path)  # clear error now rather than a missing-file error later
@@ -111,15 +112,14 @@ def prepare_model(name_or_path: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_
     source = _source(name_or_path, seq_len)
     _once(out_dir, source, f"First use of {name_or_path}: exporting its nets to {out_dir} (about half a minute, "
                            f"once).", lambda: export_catalog_model(name_or_path, out_dir, seq_len, progress))
-    if weights == "fp32":
+    if weights is None:
         return out_dir
-    from models.cpu_weights import copy_source, quantize_model_dir
+    from models.cpu_weights import copy_source, cpu_copy
 
-    quantized = out_dir.with_name(f"{out_dir.name}-{weights}")
-    _once(quantized, copy_source(source, weights), f"First use of {name_or_path} with {weights} weights: "
-          f"quantizing its nets into {quantized} (seconds, once).",
-          lambda: quantize_model_dir(out_dir, quantized, weights))
-    return quantized
+    copy = out_dir.with_name(f"{out_dir.name}-{weights}")
+    _once(copy, copy_source(source, weights), f"First use of {name_or_path} with {weights} weights: "
+          f"writing its CPU nets into {copy} (seconds, once).", lambda: cpu_copy(out_dir, copy, weights))
+    return copy
 
 
 def _once(out_dir: Path, source: dict, notice: str, make: Callable[[], None]) -> None:

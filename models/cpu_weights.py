@@ -1,11 +1,13 @@
-"""Weight-only quantized copies of a model directory, for ONNX Runtime on the CPU.
+"""CPU copies of a model directory, for ONNX Runtime: fused layers, weights kept in float32 or
+quantized.
 
-    python -m models.cpu_weights MODEL_DIR OUT_DIR --weights int8|int4
+    python -m models.cpu_weights MODEL_DIR OUT_DIR --weights fp32|int8|int4
 
-A llama-family copy's layers are first rewritten with ONNX Runtime's fused operators
-(export/llama_onnxruntime.py): the same weights in fewer nodes.
+A llama-family copy's layers are rewritten with ONNX Runtime's fused operators
+(export/llama_onnxruntime.py): the same weights in fewer nodes, and a KV cache that the
+layers write in place. An fp32 copy stops there.
 
-Every MatMul with a constant weight in the language model's nets (the blocks and lm_head)
+In an int8 or int4 copy, every MatMul with a constant weight in the language model's nets (the blocks and lm_head)
 becomes ONNX Runtime's MatMulNBits, written by ONNX Runtime's own quantizer: 8- or 4-bit
 weights in blocks of 32 inputs with one float scale each and no zero point, the layout of
 llama.cpp's Q8_0 / Q4_0. accuracy_level 4 lets MLAS multiply in int8, with the activations
@@ -36,7 +38,7 @@ from runtime.onnx_backend import session_files
 WEIGHTS = {"fp32": None, "int8": 8, "int4": 4}  # name -> bits
 BLOCK_SIZE = 32
 INT8_COMPUTE = 4  # MatMulNBits accuracy_level: int8 activations, the fast MLAS kernels
-COPY_VERSION = 2  # how a copy's nets are written (2: fused llama layers); older copies are made again
+COPY_VERSION = 3  # how a copy's nets are written (3: fused llama layers, cache in place); older copies are made again
 
 
 def copy_source(source: dict, weights: str) -> dict:
@@ -49,34 +51,43 @@ def quantized_nets(model_dir: Path) -> list[Path]:
     return [p for p in session_files(model_dir) if p.stem.startswith("block") or p.stem == "lm_head"]
 
 
-def quantize_net(path: Path, out: Path, bits: int, arch: LlamaArch | None = None) -> None:
-    """`path`'s net with its matrices quantized, into `out`; a llama block_kv net is fused first
-    when `arch` is given."""
+def copy_net(path: Path, out: Path, bits: int | None, arch: LlamaArch | None = None) -> None:
+    """`path`'s net into `out`: a llama block_kv net fused when `arch` is given, then its matrices
+    quantized to `bits` (None: kept in float32)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    fuse = arch is not None and path.stem.startswith("block_kv_")
+    if bits is None:
+        fuse_block_kv(path, arch).save(out) if fuse else shutil.copy2(path, out)
+        return
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    net = fuse_block_kv(path, arch).model() if arch and path.stem.startswith("block_kv_") else onnx.load(str(path))
+    net = fuse_block_kv(path, arch).model() if fuse else onnx.load(str(path))
     quantizer = MatMulNBitsQuantizer(net, bits=bits, block_size=BLOCK_SIZE, is_symmetric=True,
                                      accuracy_level=INT8_COMPUTE)
     quantizer.process()
     onnx.save(quantizer.model.model, str(out))
 
 
-def quantize_model_dir(model_dir: Path, out_dir: Path, weights: str) -> None:
-    """Write `out_dir`: `model_dir` with its blocks and lm_head quantized to `weights`. Staged in a
-    folder of its own and renamed at the end, so a half-written copy is never used."""
+def cpu_copy(model_dir: Path, out_dir: Path, weights: str) -> None:
+    """Write `out_dir`: `model_dir`'s nets as ONNX Runtime loads them, with fused llama layers and
+    the blocks' and lm_head's matrices in `weights`. Staged in a folder of its own and renamed at
+    the end, so a half-written copy is never used."""
     bits = WEIGHTS[weights]
     config = read_config(model_dir)
     arch = LlamaArch(**config["architecture"]) if config.get("family") == "llama" else None
-    if config.get("weights", "fp32") != "fp32":
-        raise ValueError(f"{model_dir} is already quantized ({config['weights']}): start from the float32 nets")
+    if "copy_version" in config.get("source", {}):
+        raise ValueError(f"{model_dir} is already a CPU copy ({config.get('weights')} weights): start from the "
+                         "exported nets")
+    if bits is None and arch is None:
+        raise ValueError(f"{model_dir} is not a llama-family model: its float32 CPU copy would be the same nets; "
+                         "use the folder as it is")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial-", dir=out_dir.parent))
     try:
         to_quantize, loaded = set(quantized_nets(model_dir)), set(session_files(model_dir))
         for path in sorted(Path(model_dir).iterdir()):
             if path in to_quantize:
-                quantize_net(path, staging / path.name, bits, arch)
+                copy_net(path, staging / path.name, bits, arch)
             elif path.is_file() and path.name != "config.json" and (path.suffix != ".onnx" or path in loaded):
                 shutil.copy2(path, staging / path.name)
         write_config(staging, {**config, "weights": weights,
@@ -91,14 +102,14 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, weights: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.cpu_weights", description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", type=Path, help="a model directory with float32 nets")
-    parser.add_argument("out_dir", type=Path, help="where the quantized copy goes")
-    parser.add_argument("--weights", choices=[w for w in WEIGHTS if WEIGHTS[w]], default="int8")
+    parser.add_argument("out_dir", type=Path, help="where the copy goes")
+    parser.add_argument("--weights", choices=list(WEIGHTS), default="int8")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         print(f"error: {args.out_dir} exists and is not empty: give a new folder", file=sys.stderr)
         return 2
     try:
-        quantize_model_dir(args.model_dir, args.out_dir, args.weights)
+        cpu_copy(args.model_dir, args.out_dir, args.weights)
     except (OSError, ValueError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from app import serve
 from language.families import Turn
 from language.sampling import SamplingSettings
+from serving.scheduler import Scheduler
 from tests.conftest import free_port
 from vision.preprocess import load_image
 
@@ -251,25 +252,38 @@ def test_an_oversized_body_is_a_413(tiny_seeing):
         demo.close()
 
 
+def until(condition, timeout=60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
 def test_a_full_queue_is_a_503_with_retry_after(tiny_seeing, monkeypatch):
+    """One answer holds the only slot until released and one waits; a third is refused, whatever the load."""
+    model, release, steps, submitted = tiny_seeing[0], threading.Event(), [], []
+    decode, submit = model.generator.decode, Scheduler.submit
+    monkeypatch.setattr(model.generator, "decode",
+                        lambda token, slot=0: (steps.append(1), release.wait(60), decode(token, slot))[2])
+    monkeypatch.setattr(Scheduler, "submit", lambda self, request: (submitted.append(1), submit(self, request))[1])
     port = free_port()
-    demo = serve(tiny_seeing[0], GREEDY, port=port, queue_size=1, slots=1, block=False)
+    demo = serve(model, GREEDY, port=port, queue_size=1, slots=1, block=False)
     url = f"http://127.0.0.1:{port}/"
     try:
-        with slow_model(tiny_seeing[0], monkeypatch):
-            running = threading.Thread(target=completion, args=(url,), kwargs={"messages": [asking("One")],
-                                                                                "max_tokens": 40})
-            waiting = threading.Thread(target=completion, args=(url,), kwargs={"messages": [asking("Two")]})
-            running.start()
-            time.sleep(1.0)
-            waiting.start()
-            time.sleep(1.0)
-            refused = completion(url, messages=[asking("Three")])
-            running.join(60), waiting.join(60)
+        running = threading.Thread(target=completion, args=(url,), kwargs={"messages": [asking("One")]})
+        waiting = threading.Thread(target=completion, args=(url,), kwargs={"messages": [asking("Two")]})
+        running.start()
+        until(lambda: steps)
+        waiting.start()
+        until(lambda: len(submitted) == 2)
+        refused = completion(url, messages=[asking("Three")])
+        release.set()
+        running.join(60), waiting.join(60)
         assert refused.status_code == 503 and refused.headers["retry-after"].isdigit()
         assert error_of(refused)["code"] == "queue_full"
         assert completion(url, messages=[asking("Four")]).status_code == 200
     finally:
+        release.set()
         demo.close()
 
 
