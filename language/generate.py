@@ -11,7 +11,8 @@ prompt begins with the conversation so far prefills only what is new; a long pro
 in chunks, and the generation yields between chunks so that a scheduler can step other
 answers. A backend that reads filled history (ONNX Runtime) runs every step this way: a
 fresh prompt over no history rows, and a decode step as one row (so that a layer is one
-session, with one copy of its weights).
+session, with one copy of its weights). The CPU copies' llama layers go further: they write their
+K/V rows into a heads-first cache themselves (NetLayout.cache_in_place), so nothing is copied.
 
 The embedding is the `embedding` nets or a host table (language/embedding.py). Bmodels are
 static: their prefill nets may come in several widths (`block_<i>` the widest, `block_<i>_<W>`
