@@ -26,7 +26,7 @@ MODELS = {
 }
 DEFAULT_MODEL = VISION_MODEL
 DEFAULT_SEQ_LEN = 1024
-DEFAULT_CPU_WEIGHTS = "int8"  # against fp32 (README): accuracy within a point, decode 1.4-1.9x as fast
+DEFAULT_CPU_WEIGHTS = "int8"  # against fp32 (README): accuracy within a point, decode 1.4-2.3x as fast
 VISION_ADAPTER = Path(__file__).resolve().parent / "weights" / "smollm2-vision.npz"
 
 Progress = Callable[[int, int, str], None]
