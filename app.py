@@ -73,13 +73,13 @@ def serve(model, defaults, *, host: str = "127.0.0.1", port: int = 7860, share: 
     from api.options import ApiOptions
     from api.routes import api_routes
     from serving.scheduler import Scheduler
-    from web.ui import LAUNCH_OPTIONS, build_ui
+    from web.ui import LAUNCH_OPTIONS, build_ui, queue_events
 
     scheduler = Scheduler(model, max_waiting=queue_size, slots=slots, reuse_prefixes=prefix_reuse)
     options = ApiOptions(defaults, api_key, closed=bool(auth) and api_key is None, allow_image_urls=allow_image_urls,
                          max_body_mb=max_upload_mb * 4 // 3 + 1)  # base64 is a third larger than the file
     demo = build_ui(scheduler, defaults)
-    demo.queue(max_size=queue_size)
+    queue_events(demo, queue_size)
     demo.launch(server_name=host, server_port=port, share=share, auth=tuple(auth.split(":", 1)) if auth else None,
                 max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, quiet=not block,
                 app_kwargs={"routes": api_routes(scheduler, options)}, **LAUNCH_OPTIONS)

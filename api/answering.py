@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, bad_request
 from language.chat import Done, Event
@@ -31,7 +30,7 @@ class ClientGone(Exception):
 class Answer:
     """A started answer: its first event, then the rest as an async iterator."""
 
-    def __init__(self, ticket: Ticket, events: Iterator[Event | Waiting], first: Event):
+    def __init__(self, ticket: Ticket, events: AsyncIterator[Event | Waiting], first: Event):
         self.ticket, self._events, self.first = ticket, events, first
 
     async def events(self) -> AsyncIterator[Event]:
@@ -59,7 +58,7 @@ async def start(scheduler: Scheduler, request: ChatRequest, http: Request) -> An
         ticket = scheduler.submit(request)
     except QueueFull as exc:
         raise ApiError(503, str(exc), code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-    events = ticket.events()
+    events = ticket.async_events()
     try:
         while True:
             pending = asyncio.ensure_future(_next(events))
@@ -77,9 +76,9 @@ async def start(scheduler: Scheduler, request: ChatRequest, http: Request) -> An
         raise
 
 
-async def _next(events: Iterator[Event | Waiting]) -> Event | Waiting | None:
+async def _next(events: AsyncIterator[Event | Waiting]) -> Event | Waiting | None:
     try:
-        return await run_in_threadpool(next, events, None)
+        return await anext(events, None)
     except ContextOverflow as exc:
         raise bad_request(str(exc), "messages", "context_length_exceeded") from None
     except ValueError as exc:  # the model's own checks, e.g. a picture for a text-only model

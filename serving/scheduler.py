@@ -16,12 +16,13 @@ the queue if it has not started.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 from PIL import Image
 
@@ -59,25 +60,60 @@ _END = object()
 
 @dataclass(eq=False)
 class Ticket:
-    """A submitted request: iterate `events()` for its answer; closing that stream cancels it."""
+    """A submitted request: iterate `events()` (or, on an event loop, `async_events()`) for its
+    answer; closing that stream cancels it."""
     request: ChatRequest
     _scheduler: "Scheduler"
     _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _arrived: Callable[[], None] | None = None  # wakes an async_events() consumer
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def events(self) -> Iterator[Event | Waiting]:
         """Waiting updates, then the ChatModel's events; a failure is raised here."""
         try:
             while (item := self._events.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+                yield _event(item)
         finally:
             self.cancel()
+
+    async def async_events(self) -> AsyncIterator[Event | Waiting]:
+        """events() for a consumer on an asyncio loop: each event wakes the loop directly, with no
+        worker thread passing it on (per token, such a hop costs the model's two cores a share
+        of their time)."""
+        loop, arrived = asyncio.get_running_loop(), asyncio.Event()
+        self._arrived = lambda: loop.call_soon_threadsafe(arrived.set)
+        try:
+            while True:
+                try:
+                    item = self._events.get_nowait()
+                except queue.Empty:
+                    await arrived.wait()
+                    arrived.clear()  # then the queue is read again: nothing put before is missed
+                    continue
+                if item is _END:
+                    return
+                yield _event(item)
+        finally:
+            self._arrived = None
+            self.cancel()
+
+    def _put(self, item) -> None:
+        self._events.put(item)
+        if (arrived := self._arrived) is not None:
+            try:
+                arrived()
+            except RuntimeError:  # its event loop has closed: nobody is listening any more
+                pass
 
     def cancel(self) -> None:
         self.cancelled.set()
         self._scheduler._forget(self)
+
+
+def _event(item):
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
 
 @dataclass(eq=False)
@@ -120,7 +156,7 @@ class Scheduler:
                                 "Please try again in a moment.")
             ticket = Ticket(request, self)
             if self._waiting or not self._free:
-                ticket._events.put(Waiting(len(self._waiting)))
+                ticket._put(Waiting(len(self._waiting)))
             self._waiting.append(ticket)
             self._changed.notify()
         return ticket
@@ -139,12 +175,12 @@ class Scheduler:
         with self._changed:
             if ticket in self._waiting:
                 self._waiting.remove(ticket)
-                ticket._events.put(_END)  # its stream may be waiting for an event
+                ticket._put(_END)  # its stream may be waiting for an event
                 self._tell_positions()
 
     def _tell_positions(self) -> None:
         for ahead, ticket in enumerate(self._waiting):
-            ticket._events.put(Waiting(ahead))
+            ticket._put(Waiting(ahead))
 
     def _serve(self) -> None:
         while True:
@@ -168,8 +204,8 @@ class Scheduler:
         try:
             turn = self.model.prepare(r.history, r.question, r.settings, r.image, system=r.system, stop=r.stop)
         except Exception as exc:  # the request's own failure, raised in its stream
-            ticket._events.put(exc)
-            ticket._events.put(_END)
+            ticket._put(exc)
+            ticket._put(_END)
             return
         keys, generator = turn.row_keys, self.model.generator
 
@@ -187,18 +223,18 @@ class Scheduler:
             if not run.ticket.cancelled.is_set():
                 event = next(run.events)
                 if not isinstance(event, Reading):  # a step of its prefill: nothing to tell
-                    run.ticket._events.put(event)
+                    run.ticket._put(event)
                 return
         except StopIteration:
             pass
         except Exception as exc:  # the request's failure, raised in its own stream; the worker lives on
-            run.ticket._events.put(exc)
+            run.ticket._put(exc)
         with self._changed:
             self._finish(run)
 
     def _finish(self, run: _Running) -> None:
         """Close an answer and free its slot (called with the lock held)."""
         run.events.close()
-        run.ticket._events.put(_END)
+        run.ticket._put(_END)
         self._running.remove(run)
         self._free.append(run.slot)

@@ -212,3 +212,21 @@ def test_sessions_keep_only_what_the_model_needs_of_their_pictures(app, tmp_path
     gc.collect()
     grown = rss_mb() - before
     assert grown < 7 * 27 / 2, f"RSS grew {grown:.0f} MB for 7 sessions"  # the full pictures would be 189 MB
+
+
+def test_the_served_queue_polls_at_the_pace_it_was_given(tiny_seeing):
+    """web/ui.py queue_events: Gradio's queue keeps the slower idle polling once the app is up,
+    and the page still answers."""
+    from app import serve
+    from web.ui import QUEUE_IDLE_POLL_S, QUEUE_PROGRESS_POLL_S
+
+    port = free_port()
+    demo = serve(tiny_seeing[0], SamplingSettings(), port=port, block=False)
+    try:
+        queue = demo._queue
+        assert (queue.sleep_when_free, queue.progress_update_sleep_when_free) == (QUEUE_IDLE_POLL_S,
+                                                                                QUEUE_PROGRESS_POLL_S)
+        _, messages, stats = client(f"http://127.0.0.1:{port}/").predict("Hello", *SETTINGS, api_name="/text_chat")
+        assert len(messages) == 2 and "tokens" in stats
+    finally:
+        demo.close()
