@@ -8,6 +8,7 @@ its prompt (a follow-up's conversation so far), then answered.
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from language.generate import ContextOverflow, ImageRows, TokenGenerator, row_ke
 from language.sampling import Sampler, SamplingSettings
 from language.streaming import StopAt, TextStream
 from vision.encoder import VisionEncoder
+
+
+log = logging.getLogger(__name__)
+TURN_END_ROWS = 32  # read_turn_end reads at most this many rows: a template's, not a conversation's
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class PreparedTurn:
     vision_s: float  # 0 when the picture's rows came from the vision cache
     image_cached: bool
     started: float  # perf_counter() when the request was taken up
+    history: tuple[Turn, ...] = ()  # what the prompt was made of
+    question: str = ""
+    system: str | None = None
 
     @property
     def row_keys(self) -> list:
@@ -88,6 +96,12 @@ def valid_text(text: str) -> str:
     """Text a tokenizer can take: lone surrogates (halves of a character, which any JSON client
     can send) become U+FFFD; everything else is kept."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def valid_turns(history: list[Turn], question: str, system: str | None) -> tuple[list[Turn], str, str | None]:
+    """A conversation's texts, each made valid_text."""
+    return ([Turn(valid_text(turn.question), valid_text(turn.answer)) for turn in history], valid_text(question),
+            system if system is None else valid_text(system))
 
 
 class ChatModel:
@@ -113,8 +127,7 @@ class ChatModel:
         Older turns are dropped until the answer has room for max_new_tokens (at most half
         the context); the question alone only has to fit.
         """
-        question, system = valid_text(question), system if system is None else valid_text(system)
-        history = [Turn(valid_text(turn.question), valid_text(turn.answer)) for turn in history]
+        history, question, system = valid_turns(history, question, system)
         limit = self.generator.prompt_limit
         reserve = min(max_new_tokens, self.context_length // 2)
         for dropped in range(len(history) + 1):
@@ -141,6 +154,7 @@ class ChatModel:
         if image is not None and self.vision is None:
             raise ValueError(f"{self.name} has no vision net: it cannot look at images.")
         start = time.perf_counter()
+        history, question, system = valid_turns(history, question, system)
         prompt, dropped = self.fit(history, question, settings.max_new_tokens,
                                    self.vision.rows if image is not None else 0, system)
         rows, vision_s, cached = None, 0.0, False
@@ -150,7 +164,8 @@ class ChatModel:
             cached = encoded.cached
             vision_s = 0.0 if cached else time.perf_counter() - vision_start
             rows = ImageRows(encoded.embeds, prompt.image_start, encoded.key)
-        return PreparedTurn(prompt, dropped, settings, stop, rows, vision_s, cached, start)
+        return PreparedTurn(prompt, dropped, settings, stop, rows, vision_s, cached, start, tuple(history), question,
+                            system)
 
     def answer(self, turn: PreparedTurn, slot: int = 0) -> Iterator[Event]:
         """Stream the answer to a prepared turn on KV slot `slot`."""
@@ -183,8 +198,39 @@ class ChatModel:
         if tail:
             yield TextDelta(tail)
         decode_rate = (count - 1) / (time.perf_counter() - first_at) if count > 1 else 0.0
-        yield Done(self.family.postprocess(text.text), len(prompt.ids), count, first_token_s, decode_rate, finish,
-                   turn.dropped, turn.vision_s, turn.image_cached, cached_tokens)
+        answer = self.family.postprocess(text.text)
+        self._read_turn_end(turn, answer, slot)
+        yield Done(answer, len(prompt.ids), count, first_token_s, decode_rate, finish, turn.dropped, turn.vision_s,
+                   turn.image_cached, cached_tokens)
+
+    def _read_turn_end(self, turn: PreparedTurn, answer: str, slot: int) -> None:
+        """After an answer, before its Done: read_turn_end. It only saves a follow-up some rows, so
+        its failure is logged, not the answer's."""
+        try:
+            self.read_turn_end(turn, answer, slot)
+        except Exception:
+            log.warning("reading the end of a turn ahead failed", exc_info=True)
+
+    def read_turn_end(self, turn: PreparedTurn, answer: str, slot: int) -> int:
+        """Read into `slot`, which holds `turn` and its `answer`, the rows that every next question
+        of this conversation will start with: the answer's end-of-turn tokens and the next user
+        message's header (a few rows, one step), so that a follow-up's first token waits only for
+        its own words. Returns the rows read (0 when the slot no longer holds the conversation,
+        or the next prompt is not known in advance)."""
+        if turn.dropped or not self.generator.reuse_prefixes:
+            return 0
+        history = [*turn.history, Turn(turn.question, answer)]
+        rows = turn.image.embeds.shape[1] if turn.image is not None else 0
+        one, other = (self.family.encode(history, question, rows, turn.system) for question in ("Yes", "No"))
+        shared = next((i for i, (a, b) in enumerate(zip(one.ids, other.ids)) if a != b), len(one.ids))
+        ids = one.ids[:shared - 1]  # the question's first token might have merged with the one before it
+        if turn.image is not None and one.image_start != turn.image.start:
+            return 0
+        held = self.generator.reusable_rows(slot, row_keys(ids, turn.image))
+        if held < len(turn.prompt.ids) or len(ids) - held > TURN_END_ROWS or len(ids) >= self.context_length:
+            return 0
+        self.generator.prefill(ids, turn.image, slot)
+        return len(ids) - held
 
     def stream(self, history: list[Turn], question: str, settings: SamplingSettings,
                image: Image.Image | None = None, *, system: str | None = None,

@@ -102,7 +102,7 @@ def test_a_follow_up_reads_only_its_new_turn_and_answers_as_a_whole_read(model, 
     rows_read.clear()
     follow_up = model.reply(history, question, GREEDY, slot=0)
     assert first_prompt <= follow_up.cached_tokens < follow_up.prompt_tokens
-    assert sum(rows_read) == follow_up.prompt_tokens - follow_up.cached_tokens  # only the new turn was read
+    assert rows_read[0] == follow_up.prompt_tokens - follow_up.cached_tokens  # only the new turn was read
     model.generator.reuse_prefixes = False
     rows_read.clear()
     whole = model.reply(history, question, GREEDY, slot=1)
@@ -173,3 +173,19 @@ def test_a_long_prompt_is_read_between_another_answers_steps(model, monkeypatch)
     between = log[reads[0]:reads[-1]]
     assert sum(kind == "decode" for kind, _ in between) >= len(reads) - 1  # a step of the other answer each time
     streaming.cancel()
+
+
+def test_the_end_of_a_turn_is_read_with_its_answer_and_the_follow_up_reads_only_its_words(model, rows_read,
+                                                                                          as_loaded, tiny_dir):
+    first = model.reply([], "Hi there, who are you?", GREEDY, slot=0)
+    history = [Turn("Hi there, who are you?", first.answer)]
+    one, other = (model.family.encode(history, question).ids for question in ("Yes", "No"))
+    shared = next(i for i, (a, b) in enumerate(zip(one, other)) if a != b)  # the next prompt's rows before its words
+    assert model.generator.held_rows(0) == shared - 1
+    rows_read.clear()
+    question = "And what can you do?"
+    follow_up = model.reply(history, question, GREEDY, slot=0)
+    # one read of the question's rows, then the follow-up's own turn end
+    assert follow_up.cached_tokens == shared - 1 and rows_read[0] == follow_up.prompt_tokens - shared + 1
+    whole = load_chat_model(as_loaded(tiny_dir[0])).reply(history, question, GREEDY)
+    assert whole.cached_tokens == 0 and (follow_up.answer, follow_up.new_tokens) == (whole.answer, whole.new_tokens)
