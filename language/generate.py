@@ -154,7 +154,7 @@ class NetLayout:
     prefill_widths: tuple[int, ...] | None  # widths of block_<i>, ascending; () = any length; None: no such nets
     history_widths: tuple[int, ...] | None  # widths of block_kv_<i> as above; None: the model has none
     decode_net: str = "block_cache"  # or "block_kv": a step is a prefill of one row after the cached ones
-    cache_in_place: bool = False  # block_kv_<i> writes its rows into a [1,KV,SEQ,D] cache itself (see below)
+    cache_in_place: bool = False  # block_kv_<i> writes its rows into a [1,KV,SEQ,D] cache itself (CPU copies)
 
     @property
     def fresh_prefill(self) -> bool:
