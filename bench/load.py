@@ -16,7 +16,9 @@ Then conversations of 6 turns on each server, in text and about a picture given 
 first question: the first token's time (streamed) at turns 1, 3 and 6, medians over three
 conversations (the baseline reads the whole conversation again at every turn; with prefix
 reuse a follow-up reads only its new turn, as far as the model's prompt format keeps the
-earlier turns unchanged).
+earlier turns unchanged). Last, the decoding rate that the web page's stats line shows for a
+lone user's answers on the second server, beside bench/benchmark.py's int8 decoding run just
+before that server started (the text model: the same layers and sizes as the seeing one).
 
 Wall-clock figures on a shared machine: compare the two servers within one invocation only.
 """
@@ -26,11 +28,14 @@ import argparse
 import base64
 import io
 import itertools
+import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -118,6 +123,30 @@ def follow_up_times(client, model: str, max_tokens: int, picture: str | None = N
     return {turn: statistics.median(values) for turn, values in times.items()}
 
 
+def page_rate(url: str, answers: int = 5, max_tokens: int = 64) -> float:
+    """The tokens/s of the page's stats line (median over `answers` text-tab answers, each from
+    a session of its own)."""
+    from gradio_client import Client
+
+    rates = []
+    for n in range(answers):
+        client = Client(url.removesuffix("v1"), verbose=False)
+        _, _, stats = client.predict(f"Tell me a story about {TOPICS[n % len(TOPICS)]}.", max_tokens, 0.0, 0.9, 40,
+                                     1.0, api_name="/text_chat")
+        rates.append(float(re.search(r"at ([\d.]+) tokens/s", stats).group(1)))
+    return statistics.median(rates)
+
+
+def benchmark_rate() -> float:
+    """bench/benchmark.py's int8 decoding rate, measured now in its own processes."""
+    with tempfile.TemporaryDirectory() as folder:
+        result = Path(folder) / "benchmark.json"
+        subprocess.run([sys.executable, str(ROOT / "bench" / "benchmark.py"), "--only", "onnx-int8", "--json",
+                        str(result)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        [row] = json.loads(result.read_text())["rows"]
+    return row["decode_tok_s"]
+
+
 def start_app(model: str, slots: int, prefix_reuse: bool) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -154,8 +183,9 @@ def main() -> None:
     print(f"{args.model}, {os.cpu_count()} cores; {args.max_tokens} new tokens at most, greedy; "
           f"medians over {args.rounds} round(s)")
     print(f"{'server':<16} {'users':>5} {'TTFT p50 s':>11} {'TTFT p95 s':>11} {'user tok/s':>11} {'total tok/s':>12}")
-    follow_ups = {}
+    follow_ups, rates_beside = {}, None
     for slots, reuse in ((1, False), (args.slots, True)):
+        benchmark = benchmark_rate() if reuse else None
         server, url = start_app(args.model, slots, reuse)
         label = f"{slots} slot{'s' if slots > 1 else ''}" + (", reuse" if reuse else "")
         try:
@@ -174,12 +204,17 @@ def main() -> None:
                       f"{statistics.median(totals):>12.1f}", flush=True)
             follow_ups[label] = follow_up_times(client, name, args.max_tokens)
             follow_ups[label + ", picture"] = follow_up_times(client, name, args.max_tokens, red_circle_uri())
+            if benchmark is not None:
+                rates_beside = page_rate(url), benchmark
         finally:
             server.terminate()
             server.wait(timeout=60)
     for label, times in follow_ups.items():
         print(f"follow-ups on {label:<23} first token s: " + ", ".join(f"turn {t}: {times[t]:.2f}" for t in (1, 3, 6))
               + f"; turn 6 / turn 1 = {times[6] / times[1]:.2f}")
+    page, benchmark = rates_beside
+    print(f"the page's stats line, one user: {page:.1f} tokens/s; bench/benchmark.py int8 decode: {benchmark:.1f} "
+          f"tokens/s; page / benchmark = {page / benchmark:.2f}")
 
 
 if __name__ == "__main__":

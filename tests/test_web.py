@@ -1,6 +1,7 @@
 """The web app, driven through its HTTP API with gradio_client, on the tiny seeing model."""
 import os
 import threading
+import time
 
 import pytest
 
@@ -56,13 +57,27 @@ def test_upload_describes_and_answers_follow_ups(app, tiny_seeing, pictures):
     assert len(messages) == 5
 
 
-def test_answers_stream_in_pieces(app, pictures):
-    c = client(app)
-    job = c.submit("Tell me a story.", 40, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
-    updates = [update for update in job]
+def page_updates(app, model, monkeypatch, seconds_per_token: float) -> tuple[list, int]:
+    """The text tab's updates for a 40-token answer, each decode step taking a while; and the steps."""
+    steps, decode = [], model.generator.decode
+    monkeypatch.setattr(model.generator, "decode", lambda token, slot=0: (steps.append(1), time.sleep(seconds_per_token),
+                                                                          decode(token, slot))[2])
+    monkeypatch.setattr(model.family, "stop_ids", frozenset())
+    job = client(app).submit("Tell me a story.", 40, 0.0, 0.9, 40, 1.0, api_name="/text_chat")
+    return list(job), len(steps)
+
+
+def test_answers_stream_in_pieces(app, tiny_seeing, monkeypatch):
+    updates, _ = page_updates(app, tiny_seeing[0], monkeypatch, seconds_per_token=0.03)
     assert len(updates) > 3
     texts = [last_answer(u[1]) for u in updates if u[1] and u[1][-1]["role"] == "assistant"]
     assert texts[0] != texts[-1] and texts[-1].startswith(texts[1][:3])
+
+
+def test_a_fast_answer_is_shown_a_few_times_a_second_not_per_token(app, tiny_seeing, monkeypatch):
+    updates, steps = page_updates(app, tiny_seeing[0], monkeypatch, seconds_per_token=0.002)
+    assert steps == 39 and len(updates) < steps / 3  # 40 tokens in about 0.1 s: a handful of updates
+    assert "40 tokens" in updates[-1][2]
 
 
 def test_three_sessions_at_once_each_get_their_own_image(app, tiny_seeing, pictures):

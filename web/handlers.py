@@ -25,6 +25,10 @@ from vision.preprocess import ImageError, load_image
 
 DESCRIBE_PROMPT = "Describe the image."
 SESSION_POLL_S = 0.05
+# The page shows a streaming answer at most this often (the first piece at once): every update
+# is Gradio's work on the model's cores, and per token it cost a lone user's decoding about a
+# fifth of its speed (README, Benchmark).
+PAGE_UPDATE_S = 0.05
 _CLAIMING = threading.Lock()  # guards the check-and-set of Session.answering, never held while waiting
 
 Messages = list[dict]
@@ -129,7 +133,7 @@ def _claim(session: Session) -> bool:
 def _answer(scheduler: Scheduler, session: Session, question: str, settings: SamplingSettings) -> Iterator[Reply]:
     shown = session.messages = [*session.messages, {"role": "user", "content": question},
                                 {"role": "assistant", "content": ""}]
-    text, notice, done = "", "", None
+    text, notice, done, shown_at = "", "", None, -math.inf
     try:
         with closing(scheduler.stream(session.turns, question, settings, session.image)) as events:
             for event in events:
@@ -138,7 +142,9 @@ def _answer(scheduler: Scheduler, session: Session, question: str, settings: Sam
                 elif isinstance(event, TextDelta):
                     text += event.text
                     shown[-1] = {"role": "assistant", "content": text}
-                    yield Reply(shown, notice)
+                    if time.monotonic() - shown_at >= PAGE_UPDATE_S:
+                        shown_at = time.monotonic()
+                        yield Reply(shown, notice)
                 elif isinstance(event, Notice):
                     notice = f"ℹ️ {event.message}"
                 elif isinstance(event, Done):
