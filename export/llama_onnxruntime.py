@@ -16,7 +16,9 @@ So the CPU net has a contract of its own, the in-place cache (language/generate.
   the new rows at `total_sequence_length - rows`: nothing is copied into the cache and the
   history is never concatenated or transposed;
 - a row's position is its index in the cache (the llama family's), so positions and the
-  causal mask come from the two lengths.
+  causal mask come from the two lengths;
+- the first dimension is a batch: one row per KV slot, each with its own length, so that the
+  decode steps of several conversations run as one (lm_head takes the same batch).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from export.llama import BlockWriter, LlamaArch, rope_tables
 from export.onnx_graph import Graph
 
 ORT_DOMAIN = "com.microsoft"
+BATCH = "batch"
 # The weights of the plain net, by the names export/llama.py gives them -> Hugging Face names.
 PLAIN_MATRICES = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
                   "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
@@ -40,11 +43,11 @@ PLAIN_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight")
 def fused_block_kv_net(arch: LlamaArch, tensors, layer: int, tables, seq_len: int) -> Graph:
     g = Graph(f"block_kv_{layer}")
     nh, kv, d, rows = arch.num_heads, arch.num_kv_heads, arch.head_dim, "seq"
-    x = g.input("input_states", np.float32, [1, rows, arch.hidden_size])
-    last_row = g.input("seqlens_k", np.int32, [1])  # total_sequence_length - 1: GroupQueryAttention's convention
-    total = g.input("total_sequence_length", np.int32, [])
-    past_k = g.input("past_key", np.float32, [1, kv, seq_len, d])
-    past_v = g.input("past_value", np.float32, [1, kv, seq_len, d])
+    x = g.input("input_states", np.float32, [BATCH, rows, arch.hidden_size])
+    last_row = g.input("seqlens_k", np.int32, [BATCH])  # each slot's rows after this step - 1 (GroupQueryAttention's)
+    total = g.input("total_sequence_length", np.int32, [])  # the most rows any slot has after it
+    past_k = g.input("past_key", np.float32, [BATCH, kv, seq_len, d])
+    past_v = g.input("past_value", np.float32, [BATCH, kv, seq_len, d])
     w, prefix = BlockWriter(g, arch, tensors, layer), f"model.layers.{layer}."
 
     h = g.rms_norm(x, np.asarray(tensors[prefix + PLAIN_NORMS[0]]), arch.rms_eps, prefix + PLAIN_NORMS[0])
@@ -62,9 +65,20 @@ def fused_block_kv_net(arch: LlamaArch, tensors, layer: int, tables, seq_len: in
                        prefix + "gate_up")
     gate, up = g.ops("Split", gate_up, g.ints([arch.intermediate_size] * 2), outputs=2, axis=-1)
     x = g.op("Add", x, w.down(gate, up))
-    g.output(x, "hidden_states", np.float32, [1, rows, arch.hidden_size])
-    g.output(present_k, "present_key", np.float32, [1, kv, seq_len, d])
-    g.output(present_v, "present_value", np.float32, [1, kv, seq_len, d])
+    g.output(x, "hidden_states", np.float32, [BATCH, rows, arch.hidden_size])
+    g.output(present_k, "present_key", np.float32, [BATCH, kv, seq_len, d])
+    g.output(present_v, "present_value", np.float32, [BATCH, kv, seq_len, d])
+    return g
+
+
+def batched_lm_head(plain: Path, arch: LlamaArch) -> Graph:
+    """export/llama.py's lm_head, from the weights of its file, for a batch of last rows."""
+    weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(plain)).graph.initializer}
+    g = Graph("lm_head")
+    x = g.input("hidden_states", np.float32, [BATCH, 1, arch.hidden_size])
+    h = g.rms_norm(x, weights["norm"], arch.rms_eps, "norm")
+    g.output(g.matmul(g.reshape(h, [-1, arch.hidden_size]), weights["lm_head"], "lm_head"), "logits", np.float32,
+             [BATCH, arch.vocab_size])
     return g
 
 

@@ -12,7 +12,9 @@ in chunks, and the generation yields between chunks so that a scheduler can step
 answers. A backend that reads filled history (ONNX Runtime) runs every step this way: a
 fresh prompt over no history rows, and a decode step as one row (so that a layer is one
 session, with one copy of its weights). The CPU copies' llama layers go further: they write their
-K/V rows into a heads-first cache themselves (NetLayout.cache_in_place), so nothing is copied.
+K/V rows into a heads-first cache themselves (NetLayout.cache_in_place), so nothing is copied,
+and they take the slots as a batch: generations on several slots have their next tokens
+decoded in one step (decode_pending, which the Scheduler calls before it steps them).
 
 The embedding is the `embedding` nets or a host table (language/embedding.py). Bmodels are
 static: their prefill nets may come in several widths (`block_<i>` the widest, `block_<i>_<W>`
@@ -108,6 +110,10 @@ class TokenGenerator(Protocol):
 
     def generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int, image: ImageRows | None = None,
                  slot: int = 0) -> Generation: ...
+
+    def decode_pending(self) -> None:
+        """Decode ahead, in one step, the tokens that generations on several slots have yielded and
+        will have decoded when next asked, where the nets allow it; otherwise nothing."""
 
 
 def sample_tokens(logits: np.ndarray, pick: Callable[[np.ndarray, np.ndarray], int],
@@ -244,6 +250,8 @@ class Generator:
         self.layout = NetLayout.read(self.nets, host_embedding=embedding_table is not None)
         block = self.nets[f"{self.layout.decode_net}_0"]
         cache_spec = block.inputs[3]
+        if self.layout.cache_in_place:  # a slot's cache: one row of the batch
+            cache_spec = TensorSpec(cache_spec.name, (1, *cache_spec.shape[1:]), cache_spec.dtype)
         if embedding_table is None:
             widths = self.layout.prefill_widths or self.layout.history_widths
             self.embedding: Embedding = NetEmbedding(backend, widths[-1] if widths else None)
@@ -262,9 +270,18 @@ class Generator:
             self._present = [self._alloc(block.outputs[i], 1) for i in (1, 2)]
         self._logits = self._alloc(self.nets["lm_head"].outputs[0])
         self._prefill_buffers: dict[tuple[str, int], _PrefillBuffers] = {}
+        # Batched decoding (decode_pending): the slots' caches as rows of one tensor per layer,
+        # the tokens generations wait to have decoded, and the logits computed ahead for them.
+        self.batches = self.layout.cache_in_place and self.nets["lm_head"].inputs[0].shape[0] is None
+        self._batch: tuple[list[Tensor], list[Tensor]] | None = None
+        self._pending: dict[int, int] = {}
+        self._ready: dict[int, tuple[int, np.ndarray]] = {}
+        self._batch_step: tuple | None = None
 
     def _alloc(self, spec: TensorSpec, width: int | None = None) -> Tensor:
-        return self.backend.alloc(tuple(width if d is None else d for d in spec.shape), spec.dtype)
+        """A tensor for one slot: a batch dimension (the first, when open) of 1, other open ones `width`."""
+        shape = (1 if i == 0 and d is None else width if d is None else d for i, d in enumerate(spec.shape))
+        return self.backend.alloc(tuple(shape), spec.dtype)
 
     @property
     def slot_bytes(self) -> int:
@@ -280,10 +297,30 @@ class Generator:
         if not 0 <= index < self.slots:
             raise ValueError(f"there is no KV slot {index}: this generator holds {self.slots}")
         if index not in self._slots:
-            spec, layers = self._cache_spec, range(self.layout.num_layers)
-            self._slots[index] = KvSlot([self.backend.alloc(spec.shape, spec.dtype) for _ in layers],
-                                        [self.backend.alloc(spec.shape, spec.dtype) for _ in layers])
+            if self.layout.cache_in_place:
+                self._slots[index] = KvSlot(*self._batch_rows(index))
+            else:
+                spec, layers = self._cache_spec, range(self.layout.num_layers)
+                self._slots[index] = KvSlot([self.backend.alloc(spec.shape, spec.dtype) for _ in layers],
+                                            [self.backend.alloc(spec.shape, spec.dtype) for _ in layers])
         return self._slots[index]
+
+    def _batch_rows(self, index: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Slot `index`'s K and V caches as rows of one [slots,KV,SEQ,D] tensor per layer, so that
+        the slots' decode steps can run as one batch (decode_pending); the tensors grow with
+        open_slots(), the slots' rows copied over."""
+        b, spec = self.backend, self._cache_spec
+        if self._batch is None or self._batch[0][0].shape[0] <= index:
+            rows, layers = max(self.slots, index + 1), range(self.layout.num_layers)
+            grown = tuple([b.alloc((rows, *spec.shape[1:]), spec.dtype) for _ in layers] for _ in "kv")
+            if self._batch is not None:
+                for old, new in zip(self._batch[0] + self._batch[1], grown[0] + grown[1]):
+                    b.copy(new, old, int(np.prod(old.shape)))
+            self._batch = grown
+            for held, kv in self._slots.items():
+                kv.k, kv.v = self._batch_rows(held)
+        size = int(np.prod(spec.shape))
+        return tuple([b.view(t, spec.shape, index * size) for t in tensors] for tensors in self._batch)
 
     def reusable_rows(self, slot: int, keys: Sequence[Hashable]) -> int:
         if not self.reuse_prefixes or self.layout.history_widths is None or slot not in self._slots:
@@ -359,6 +396,7 @@ class Generator:
         placeholder rows of the embedding output: one backend copy, then the blocks run.
         """
         length, kv = len(ids), self.slot(slot)
+        self._pending.pop(slot, None), self._ready.pop(slot, None)
         if not 0 < length <= self.prompt_limit:
             raise ContextOverflow(f"a prompt of {length} tokens does not fit the model's context of "
                                   f"{self.prompt_limit} tokens")
@@ -446,6 +484,12 @@ class Generator:
     def decode(self, token: int, slot: int = 0) -> np.ndarray:
         """Feed one token at the slot's next position; returns the logits after it."""
         kv = self.slot(slot)
+        self._pending.pop(slot, None)
+        ready = self._ready.pop(slot, None)
+        if ready is not None:
+            if ready[0] == token:
+                return ready[1]
+            del kv.keys[-1]  # decoded ahead for another token: its row is written over
         if kv.filled >= self.layout.cache_length:
             raise ContextOverflow("the KV cache is full")
         self.embedding.decode(token, self._hidden[0])
@@ -492,6 +536,54 @@ class Generator:
         if image is not None:  # placeholder ids are not text the answer could repeat
             seen = np.delete(seen, np.s_[image.start:image.start + image.embeds.shape[1]])
         kv = self.slot(slot)
-        return (yield from sample_tokens(logits, sampler, lambda token: self.decode(token, slot),
-                                         lambda: kv.filled < self.layout.cache_length, max_new_tokens,
-                                         self.family.stop_ids, seen))
+        tokens = sample_tokens(logits, sampler, lambda token: self.decode(token, slot),
+                               lambda: kv.filled < self.layout.cache_length, max_new_tokens, self.family.stop_ids, seen)
+        if not self.batches:
+            return (yield from tokens)
+        while True:
+            try:
+                token = next(tokens)
+            except StopIteration as end:
+                return end.value
+            self._pending[slot] = token  # decode_pending may decode it along with other slots' tokens
+            yield token
+
+    def decode_pending(self) -> None:
+        """One decode step for every slot whose generation waits to have a token decoded, when
+        there are several: the CPU copies' nets take the slots' caches as one batch, and a step
+        of four rows costs far less than four steps, its weights read once. Each slot's logits
+        wait in `_ready` for its generation's decode(). Rows of other slots go through too, at
+        their next free position, where nothing is read."""
+        if not self.batches or len(self._pending) < 2:
+            return
+        self._batch_rows(max(self._pending))
+        b, rows, length = self.backend, self._batch[0][0].shape[0], self.layout.cache_length
+        filled = [self._slots[i].filled if i in self._slots else 0 for i in range(rows)]
+        if max(filled) >= length:  # a full slot has no free row to write: step one by one
+            return
+        hidden, last_row, total, logits = self._batch_buffers(rows)
+        h = self.layout.hidden_size
+        for slot, token in self._pending.items():
+            self.embedding.decode(token, b.view(hidden[0], (1, 1, h), slot * h))
+        b.write(last_row, np.array(filled, np.int32))
+        b.write(total, np.array(max(filled) + 1, np.int32))
+        for i in range(self.layout.num_layers):
+            b.run(f"{self.layout.decode_net}_{i}", [hidden[0], last_row, total, self._batch[0][i], self._batch[1][i]],
+                  [hidden[1], self._batch[0][i], self._batch[1][i]])
+            hidden.reverse()
+        b.run("lm_head", [hidden[0]], [logits])
+        every = b.read(logits)
+        for slot, token in self._pending.items():
+            self._slots[slot].keys.append(token)
+            self._ready[slot] = token, every[slot]
+        self._pending.clear()
+
+    def _batch_buffers(self, rows: int) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+        """Hidden states (two), lengths and logits for a batched step over `rows` slots."""
+        if self._batch_step is None or self._batch_step[1].shape[0] != rows:
+            block, b = self.nets[f"{self.layout.decode_net}_0"], self.backend
+            self._batch_step = ([b.alloc((rows, 1, self.layout.hidden_size), block.inputs[0].dtype) for _ in range(2)],
+                                b.alloc((rows,), np.int32), b.alloc((), np.int32),
+                                b.alloc((rows, self.layout.vocab_size), self.nets["lm_head"].outputs[0].dtype))
+        hidden, *rest = self._batch_step
+        return [*hidden], *rest

@@ -285,6 +285,9 @@ class ShiftedGenerator:
                 self._noticed = True
         return Generation(self._generate(ids, sampler, max_new_tokens))
 
+    def decode_pending(self) -> None:
+        """One KV cache: there is never a second generation to decode along with."""
+
     def _generate(self, ids: list[int], sampler: Sampler, max_new_tokens: int) -> Steps[int, None, str]:
         out = self._prefill(ids)
         pick = (lambda scores, seen: int(scores[0])) if self.token_head else sampler

@@ -30,7 +30,7 @@ from pathlib import Path
 import onnx
 
 from export.llama import LlamaArch
-from export.llama_onnxruntime import fuse_block_kv
+from export.llama_onnxruntime import batched_lm_head, fuse_block_kv
 from models.store import read_config, write_config
 from runtime.backend import ModelFileError
 from runtime.onnx_backend import session_files
@@ -38,7 +38,7 @@ from runtime.onnx_backend import session_files
 WEIGHTS = {"fp32": None, "int8": 8, "int4": 4}  # name -> bits
 BLOCK_SIZE = 32
 INT8_COMPUTE = 4  # MatMulNBits accuracy_level: int8 activations, the fast MLAS kernels
-COPY_VERSION = 3  # how a copy's nets are written (3: fused llama layers, cache in place); older copies are made again
+COPY_VERSION = 4  # how a copy's nets are written (4: fused llama layers, cache in place, a batch); older ones are made again
 
 
 def copy_source(source: dict, weights: str) -> dict:
@@ -51,17 +51,25 @@ def quantized_nets(model_dir: Path) -> list[Path]:
     return [p for p in session_files(model_dir) if p.stem.startswith("block") or p.stem == "lm_head"]
 
 
+def _llama_rewrite(stem: str):
+    """How a llama net is rewritten for ONNX Runtime, if it is."""
+    if stem.startswith("block_kv_"):
+        return fuse_block_kv
+    return batched_lm_head if stem == "lm_head" else None
+
+
 def copy_net(path: Path, out: Path, bits: int | None, arch: LlamaArch | None = None) -> None:
-    """`path`'s net into `out`: a llama block_kv net fused when `arch` is given, then its matrices
-    quantized to `bits` (None: kept in float32)."""
+    """`path`'s net into `out`: with `arch` (a llama model), a block_kv net fused and lm_head
+    given a batch (export/llama_onnxruntime.py); then its matrices quantized to `bits` (None:
+    kept in float32)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    fuse = arch is not None and path.stem.startswith("block_kv_")
+    rewrite = _llama_rewrite(path.stem) if arch is not None else None
     if bits is None:
-        fuse_block_kv(path, arch).save(out) if fuse else shutil.copy2(path, out)
+        rewrite(path, arch).save(out) if rewrite else shutil.copy2(path, out)
         return
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    net = fuse_block_kv(path, arch).model() if fuse else onnx.load(str(path))
+    net = rewrite(path, arch).model() if rewrite else onnx.load(str(path))
     quantizer = MatMulNBitsQuantizer(net, bits=bits, block_size=BLOCK_SIZE, is_symmetric=True,
                                      accuracy_level=INT8_COMPUTE)
     quantizer.process()

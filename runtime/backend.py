@@ -70,9 +70,9 @@ class Backend(Protocol):
     def copy(self, dst: Tensor, src: Tensor, count: int, dst_offset: int = 0, src_offset: int = 0) -> None:
         """Copy `count` elements inside the backend; offsets count elements, as sail's sync_d2d."""
 
-    def view(self, tensor: Tensor, shape: Sequence[int]) -> Tensor:
-        """The first prod(shape) elements of `tensor`, as a tensor of `shape` sharing its memory.
-        Only where reads_filled_history: compiled nets have static shapes."""
+    def view(self, tensor: Tensor, shape: Sequence[int], offset: int = 0) -> Tensor:
+        """prod(shape) elements of `tensor` from element `offset` on, as a tensor of `shape` sharing
+        its memory. Only where reads_filled_history: compiled nets have static shapes."""
 
     def run(self, net: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -> None:
         """Run one net, reading `inputs` and writing `outputs` in place (both in net order)."""

@@ -164,8 +164,8 @@ class OnnxBackend:
     def copy(self, dst: OrtTensor, src: OrtTensor, count: int, dst_offset: int = 0, src_offset: int = 0) -> None:
         dst.array.reshape(-1)[dst_offset:dst_offset + count] = src.array.reshape(-1)[src_offset:src_offset + count]
 
-    def view(self, tensor: OrtTensor, shape: Sequence[int]) -> OrtTensor:
-        return OrtTensor(tensor.array.reshape(-1)[:int(np.prod(shape))].reshape(tuple(shape)))
+    def view(self, tensor: OrtTensor, shape: Sequence[int], offset: int = 0) -> OrtTensor:
+        return OrtTensor(tensor.array.reshape(-1)[offset:offset + int(np.prod(shape))].reshape(tuple(shape)))
 
     def run(self, net: str, inputs: Sequence[OrtTensor], outputs: Sequence[OrtTensor]) -> None:
         spec = self._specs[net]

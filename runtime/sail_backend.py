@@ -128,7 +128,7 @@ class SailBackend:
         if count > 0:
             dst.tensor.sync_d2d(src.tensor, src_offset, dst_offset, count)
 
-    def view(self, tensor: SailTensor, shape: Sequence[int]) -> SailTensor:
+    def view(self, tensor: SailTensor, shape: Sequence[int], offset: int = 0) -> SailTensor:
         raise NotImplementedError("bmodel nets have static shapes: they read the whole KV cache")
 
     def run(self, net: str, inputs: Sequence[SailTensor], outputs: Sequence[SailTensor]) -> None:

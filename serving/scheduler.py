@@ -3,7 +3,8 @@
 The web page, the HTTP API and anything else that serves several users submit requests
 here instead of calling the ChatModel themselves. Each running request holds one of the
 generator's KV slots; the worker steps the running answers in turn, a token or a chunk of a
-long prompt each, so that every user's answer streams. A slot keeps its conversation's
+long prompt each, so that every user's answer streams (where the nets take the slots as a
+batch, the answers' next tokens are decoded together first, in one step). A slot keeps its conversation's
 K/V after the answer: a request starts on the free slot that already holds the most of its
 prompt and throws away the least of another conversation (a follow-up finds its own
 conversation there and reads only the new turn; a new one takes an empty slot rather than
@@ -194,6 +195,7 @@ class Scheduler:
                     self._tell_positions()
             for ticket in starting:
                 self._start(ticket)
+            self.model.generator.decode_pending()  # the answers' next tokens, as one step where it can
             for run in list(self._running):
                 self._step(run)
 

@@ -121,3 +121,25 @@ def test_a_cancelled_answer_hands_its_slot_to_the_next_in_line(tiny_model, slow)
     started_at = slow.index("prefill", cancelled_at)
     assert slow[cancelled_at:started_at].count("decode") <= 2  # the step under way, then one round of the rest
     streams[1].close()
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_answers_on_several_slots_decode_as_one_batch_and_match_their_lone_answers(tiny_dir, tmp_path, weights):
+    """The CPU copies' nets take the slots as a batch (language/generate.py decode_pending):
+    four answers at once step together, and each is the answer it gets alone."""
+    from models.cpu_weights import cpu_copy
+    from models.loader import load_chat_model
+
+    cpu_copy(tiny_dir[0], tmp_path / weights, weights)
+    model = load_chat_model(tmp_path / weights)
+    settings = SamplingSettings(max_new_tokens=12, repetition_penalty=1.0)
+    questions = ["Hi there", "What is the capital of France?", "Tell me a story.", "Count to five, please."]
+    model.family.stop_ids = frozenset()  # every answer runs its 12 tokens, side by side
+    alone = [model.reply([], question, settings, slot=0).answer for question in questions]
+    batch_rows, run = [], model.generator.backend.run
+    model.generator.backend.run = lambda net, inputs, outputs: (
+        batch_rows.append(inputs[0].shape[0]) if net == "lm_head" else None, run(net, inputs, outputs))[1]
+    scheduler = Scheduler(model, slots=4)
+    tickets = [scheduler.submit(ChatRequest([], question, settings)) for question in questions]
+    assert [list(ticket.events())[-1].answer for ticket in tickets] == alone
+    assert batch_rows.count(4) >= 8  # most steps decoded the four answers in one
