@@ -276,7 +276,7 @@ class Generator:
         self._batch: tuple[list[Tensor], list[Tensor]] | None = None
         self._pending: dict[int, int] = {}
         self._ready: dict[int, tuple[int, np.ndarray]] = {}
-        self._batch_step: tuple | None = None
+        self._batch_steps: dict[int, tuple] = {}  # _batch_buffers, by batch rows
 
     def _alloc(self, spec: TensorSpec, width: int | None = None) -> Tensor:
         """A tensor for one slot: a batch dimension (the first, when open) of 1, other open ones `width`."""
@@ -316,7 +316,7 @@ class Generator:
             if self._batch is not None:
                 for old, new in zip(self._batch[0] + self._batch[1], grown[0] + grown[1]):
                     b.copy(new, old, int(np.prod(old.shape)))
-            self._batch = grown
+            self._batch, self._batch_steps = grown, {}
             for held, kv in self._slots.items():
                 kv.k, kv.v = self._batch_rows(held)
         size = int(np.prod(spec.shape))
@@ -552,24 +552,23 @@ class Generator:
         """One decode step for every slot whose generation waits to have a token decoded, when
         there are several: the CPU copies' nets take the slots' caches as one batch, and a step
         of four rows costs far less than four steps, its weights read once. Each slot's logits
-        wait in `_ready` for its generation's decode(). Rows of other slots go through too, at
-        their next free position, where nothing is read."""
+        wait in `_ready` for its generation's decode(). The batch is the slots up to the last one
+        waiting: rows of other slots among them go through too, at their next free position,
+        where nothing is read."""
         if not self.batches or len(self._pending) < 2:
             return
-        self._batch_rows(max(self._pending))
-        b, rows, length = self.backend, self._batch[0][0].shape[0], self.layout.cache_length
+        b, rows, length = self.backend, max(self._pending) + 1, self.layout.cache_length
         filled = [self._slots[i].filled if i in self._slots else 0 for i in range(rows)]
         if max(filled) >= length:  # a full slot has no free row to write: step one by one
             return
-        hidden, last_row, total, logits = self._batch_buffers(rows)
+        hidden, last_row, total, logits, k, v = self._batch_buffers(rows)
         h = self.layout.hidden_size
         for slot, token in self._pending.items():
             self.embedding.decode(token, b.view(hidden[0], (1, 1, h), slot * h))
         b.write(last_row, np.array(filled, np.int32))
         b.write(total, np.array(max(filled) + 1, np.int32))
         for i in range(self.layout.num_layers):
-            b.run(f"{self.layout.decode_net}_{i}", [hidden[0], last_row, total, self._batch[0][i], self._batch[1][i]],
-                  [hidden[1], self._batch[0][i], self._batch[1][i]])
+            b.run(f"{self.layout.decode_net}_{i}", [hidden[0], last_row, total, k[i], v[i]], [hidden[1], k[i], v[i]])
             hidden.reverse()
         b.run("lm_head", [hidden[0]], [logits])
         every = b.read(logits)
@@ -578,12 +577,15 @@ class Generator:
             self._ready[slot] = token, every[slot]
         self._pending.clear()
 
-    def _batch_buffers(self, rows: int) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-        """Hidden states (two), lengths and logits for a batched step over `rows` slots."""
-        if self._batch_step is None or self._batch_step[1].shape[0] != rows:
+    def _batch_buffers(self, rows: int) -> tuple:
+        """Hidden states (two), lengths, logits and the K and V caches of the first `rows` slots,
+        for a batched step over them."""
+        if rows not in self._batch_steps:
             block, b = self.nets[f"{self.layout.decode_net}_0"], self.backend
-            self._batch_step = ([b.alloc((rows, 1, self.layout.hidden_size), block.inputs[0].dtype) for _ in range(2)],
-                                b.alloc((rows,), np.int32), b.alloc((), np.int32),
-                                b.alloc((rows, self.layout.vocab_size), self.nets["lm_head"].outputs[0].dtype))
-        hidden, *rest = self._batch_step
+            shape = (rows, *self._cache_spec.shape[1:])
+            self._batch_steps[rows] = ([b.alloc((rows, 1, self.layout.hidden_size), block.inputs[0].dtype)
+                                        for _ in range(2)], b.alloc((rows,), np.int32), b.alloc((), np.int32),
+                                       b.alloc((rows, self.layout.vocab_size), self.nets["lm_head"].outputs[0].dtype),
+                                       *([b.view(layer, shape) for layer in tensors] for tensors in self._batch))
+        hidden, *rest = self._batch_steps[rows]
         return [*hidden], *rest

@@ -189,3 +189,16 @@ def test_the_end_of_a_turn_is_read_with_its_answer_and_the_follow_up_reads_only_
     assert follow_up.cached_tokens == shared - 1 and rows_read[0] == follow_up.prompt_tokens - shared + 1
     whole = load_chat_model(as_loaded(tiny_dir[0])).reply(history, question, GREEDY)
     assert whole.cached_tokens == 0 and (follow_up.answer, follow_up.new_tokens) == (whole.answer, whole.new_tokens)
+
+
+def test_a_conversation_keeps_its_rows_when_more_slots_open(tiny_dir, as_loaded):
+    """Batched caches (the CPU copies) grow as slots open, each slot's rows copied over."""
+    model = load_chat_model(as_loaded(tiny_dir[0]))
+    first = model.reply([], "Hi there, who are you?", GREEDY, slot=0)
+    model.generator.open_slots(3)
+    model.reply([], "What is the capital of France?", GREEDY, slot=2)
+    history, question = [Turn("Hi there, who are you?", first.answer)], "And what can you do?"
+    follow_up = model.reply(history, question, GREEDY, slot=0)
+    whole = load_chat_model(as_loaded(tiny_dir[0])).reply(history, question, GREEDY)
+    assert follow_up.cached_tokens > first.prompt_tokens
+    assert (follow_up.answer, follow_up.new_tokens) == (whole.answer, whole.new_tokens)
