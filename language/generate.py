@@ -276,7 +276,7 @@ class Generator:
         self._batch: tuple[list[Tensor], list[Tensor]] | None = None
         self._pending: dict[int, int] = {}
         self._ready: dict[int, tuple[int, np.ndarray]] = {}
-        self._batch_steps: dict[int, tuple] = {}  # _batch_buffers, by batch rows
+        self._batch_steps: dict[range, tuple] = {}  # _batch_buffers, by the slots they step
 
     def _alloc(self, spec: TensorSpec, width: int | None = None) -> Tensor:
         """A tensor for one slot: a batch dimension (the first, when open) of 1, other open ones `width`."""
@@ -552,19 +552,20 @@ class Generator:
         """One decode step for every slot whose generation waits to have a token decoded, when
         there are several: the CPU copies' nets take the slots' caches as one batch, and a step
         of four rows costs far less than four steps, its weights read once. Each slot's logits
-        wait in `_ready` for its generation's decode(). The batch is the slots up to the last one
-        waiting: rows of other slots among them go through too, at their next free position,
-        where nothing is read."""
+        wait in `_ready` for its generation's decode(). The batch is the slots from the first one
+        waiting to the last: rows of other slots among them go through too, at their next free
+        position, where nothing is read."""
         if not self.batches or len(self._pending) < 2:
             return
-        b, rows, length = self.backend, max(self._pending) + 1, self.layout.cache_length
-        filled = [self._slots[i].filled if i in self._slots else 0 for i in range(rows)]
+        b, first, length = self.backend, min(self._pending), self.layout.cache_length
+        slots = range(first, max(self._pending) + 1)
+        filled = [self._slots[i].filled if i in self._slots else 0 for i in slots]
         if max(filled) >= length:  # a full slot has no free row to write: step one by one
             return
-        hidden, last_row, total, logits, k, v = self._batch_buffers(rows)
+        hidden, last_row, total, logits, k, v = self._batch_buffers(slots)
         h = self.layout.hidden_size
         for slot, token in self._pending.items():
-            self.embedding.decode(token, b.view(hidden[0], (1, 1, h), slot * h))
+            self.embedding.decode(token, b.view(hidden[0], (1, 1, h), (slot - first) * h))
         b.write(last_row, np.array(filled, np.int32))
         b.write(total, np.array(max(filled) + 1, np.int32))
         for i in range(self.layout.num_layers):
@@ -574,18 +575,19 @@ class Generator:
         every = b.read(logits)
         for slot, token in self._pending.items():
             self._slots[slot].keys.append(token)
-            self._ready[slot] = token, every[slot]
+            self._ready[slot] = token, every[slot - first]
         self._pending.clear()
 
-    def _batch_buffers(self, rows: int) -> tuple:
-        """Hidden states (two), lengths, logits and the K and V caches of the first `rows` slots,
-        for a batched step over them."""
-        if rows not in self._batch_steps:
-            block, b = self.nets[f"{self.layout.decode_net}_0"], self.backend
-            shape = (rows, *self._cache_spec.shape[1:])
-            self._batch_steps[rows] = ([b.alloc((rows, 1, self.layout.hidden_size), block.inputs[0].dtype)
-                                        for _ in range(2)], b.alloc((rows,), np.int32), b.alloc((), np.int32),
-                                       b.alloc((rows, self.layout.vocab_size), self.nets["lm_head"].outputs[0].dtype),
-                                       *([b.view(layer, shape) for layer in tensors] for tensors in self._batch))
-        hidden, *rest = self._batch_steps[rows]
+    def _batch_buffers(self, slots: range) -> tuple:
+        """Hidden states (two), lengths, logits and the K and V caches of `slots`, for a batched
+        step over them."""
+        if slots not in self._batch_steps:
+            block, b, rows = self.nets[f"{self.layout.decode_net}_0"], self.backend, len(slots)
+            shape, size = (rows, *self._cache_spec.shape[1:]), int(np.prod(self._cache_spec.shape))
+            self._batch_steps[slots] = ([b.alloc((rows, 1, self.layout.hidden_size), block.inputs[0].dtype)
+                                         for _ in range(2)], b.alloc((rows,), np.int32), b.alloc((), np.int32),
+                                        b.alloc((rows, self.layout.vocab_size), self.nets["lm_head"].outputs[0].dtype),
+                                        *([b.view(layer, shape, slots.start * size) for layer in tensors]
+                                          for tensors in self._batch))
+        hidden, *rest = self._batch_steps[slots]
         return [*hidden], *rest

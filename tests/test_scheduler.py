@@ -143,3 +143,27 @@ def test_answers_on_several_slots_decode_as_one_batch_and_match_their_lone_answe
     tickets = [scheduler.submit(ChatRequest([], question, settings)) for question in questions]
     assert [list(ticket.events())[-1].answer for ticket in tickets] == alone
     assert batch_rows.count(4) >= 8  # most steps decoded the four answers in one
+
+
+def test_two_answers_on_the_last_slots_decode_as_a_batch_of_two(tiny_dir, tmp_path):
+    """Slots 0 and 1 hold earlier conversations: two new ones take slots 2 and 3, and their
+    batch is those two rows only."""
+    from models.cpu_weights import cpu_copy
+    from models.loader import load_chat_model
+
+    cpu_copy(tiny_dir[0], tmp_path / "int8", "int8")
+    model = load_chat_model(tmp_path / "int8")
+    model.generator.open_slots(4)
+    settings = SamplingSettings(max_new_tokens=12, repetition_penalty=1.0)
+    for slot, earlier in enumerate(["Good morning, how are you today?", "Please name three colours."]):
+        model.reply([], earlier, settings, slot=slot)
+    model.family.stop_ids = frozenset()
+    questions = ["Hi there", "Tell me a story."]
+    alone = [model.reply([], question, settings, slot=3).answer for question in questions]
+    batch_rows, run = [], model.generator.backend.run
+    model.generator.backend.run = lambda net, inputs, outputs: (
+        batch_rows.append(inputs[0].shape[0]) if net == "lm_head" else None, run(net, inputs, outputs))[1]
+    scheduler = Scheduler(model, slots=4)
+    tickets = [scheduler.submit(ChatRequest([], question, settings)) for question in questions]
+    assert [list(ticket.events())[-1].answer for ticket in tickets] == alone
+    assert batch_rows.count(2) >= 8 and 4 not in batch_rows
