@@ -33,6 +33,7 @@ import numpy as np
 from language.embedding import Embedding, HostEmbedding, NetEmbedding, bucket_net, check_table
 from language.families.base import Family
 from language.sampling import PENALTY_WINDOW, Sampler, penalty_window
+from language.slot_batch import SlotBatch
 from runtime.backend import Backend, ModelFileError, NetSpec, Tensor, TensorSpec
 
 
@@ -270,13 +271,9 @@ class Generator:
             self._present = [self._alloc(block.outputs[i], 1) for i in (1, 2)]
         self._logits = self._alloc(self.nets["lm_head"].outputs[0])
         self._prefill_buffers: dict[tuple[str, int], _PrefillBuffers] = {}
-        # Batched decoding (decode_pending): the slots' caches as rows of one tensor per layer,
-        # the tokens generations wait to have decoded, and the logits computed ahead for them.
-        self.batches = self.layout.cache_in_place and self.nets["lm_head"].inputs[0].shape[0] is None
-        self._batch: tuple[list[Tensor], list[Tensor]] | None = None
-        self._pending: dict[int, int] = {}
-        self._ready: dict[int, tuple[int, np.ndarray]] = {}
-        self._batch_steps: dict[range, tuple] = {}  # _batch_buffers, by the slots they step
+        self._batch = SlotBatch(backend, self.layout, cache_spec, self.embedding, self._slots,
+                                steps=self.nets["lm_head"].inputs[0].shape[0] is None) \
+            if self.layout.cache_in_place else None
 
     def _alloc(self, spec: TensorSpec, width: int | None = None) -> Tensor:
         """A tensor for one slot: a batch dimension (the first, when open) of 1, other open ones `width`."""
@@ -298,29 +295,12 @@ class Generator:
             raise ValueError(f"there is no KV slot {index}: this generator holds {self.slots}")
         if index not in self._slots:
             if self.layout.cache_in_place:
-                self._slots[index] = KvSlot(*self._batch_rows(index))
+                self._slots[index] = KvSlot(*self._batch.rows(index, self.slots))
             else:
                 spec, layers = self._cache_spec, range(self.layout.num_layers)
                 self._slots[index] = KvSlot([self.backend.alloc(spec.shape, spec.dtype) for _ in layers],
                                             [self.backend.alloc(spec.shape, spec.dtype) for _ in layers])
         return self._slots[index]
-
-    def _batch_rows(self, index: int) -> tuple[list[Tensor], list[Tensor]]:
-        """Slot `index`'s K and V caches as rows of one [slots,KV,SEQ,D] tensor per layer, so that
-        the slots' decode steps can run as one batch (decode_pending); the tensors grow with
-        open_slots(), the slots' rows copied over."""
-        b, spec = self.backend, self._cache_spec
-        if self._batch is None or self._batch[0][0].shape[0] <= index:
-            rows, layers = max(self.slots, index + 1), range(self.layout.num_layers)
-            grown = tuple([b.alloc((rows, *spec.shape[1:]), spec.dtype) for _ in layers] for _ in "kv")
-            if self._batch is not None:
-                for old, new in zip(self._batch[0] + self._batch[1], grown[0] + grown[1]):
-                    b.copy(new, old, int(np.prod(old.shape)))
-            self._batch, self._batch_steps = grown, {}
-            for held, kv in self._slots.items():
-                kv.k, kv.v = self._batch_rows(held)
-        size = int(np.prod(spec.shape))
-        return tuple([b.view(t, spec.shape, index * size) for t in tensors] for tensors in self._batch)
 
     def reusable_rows(self, slot: int, keys: Sequence[Hashable]) -> int:
         if not self.reuse_prefixes or self.layout.history_widths is None or slot not in self._slots:
@@ -396,7 +376,8 @@ class Generator:
         placeholder rows of the embedding output: one backend copy, then the blocks run.
         """
         length, kv = len(ids), self.slot(slot)
-        self._pending.pop(slot, None), self._ready.pop(slot, None)
+        if self._batch is not None:
+            self._batch.forget(slot)
         if not 0 < length <= self.prompt_limit:
             raise ContextOverflow(f"a prompt of {length} tokens does not fit the model's context of "
                                   f"{self.prompt_limit} tokens")
@@ -484,12 +465,8 @@ class Generator:
     def decode(self, token: int, slot: int = 0) -> np.ndarray:
         """Feed one token at the slot's next position; returns the logits after it."""
         kv = self.slot(slot)
-        self._pending.pop(slot, None)
-        ready = self._ready.pop(slot, None)
-        if ready is not None:
-            if ready[0] == token:
-                return ready[1]
-            del kv.keys[-1]  # decoded ahead for another token: its row is written over
+        if self._batch is not None and (ahead := self._batch.take(slot, token)) is not None:
+            return ahead
         if kv.filled >= self.layout.cache_length:
             raise ContextOverflow("the KV cache is full")
         self.embedding.decode(token, self._hidden[0])
@@ -538,56 +515,18 @@ class Generator:
         kv = self.slot(slot)
         tokens = sample_tokens(logits, sampler, lambda token: self.decode(token, slot),
                                lambda: kv.filled < self.layout.cache_length, max_new_tokens, self.family.stop_ids, seen)
-        if not self.batches:
+        if self._batch is None:
             return (yield from tokens)
         while True:
             try:
                 token = next(tokens)
             except StopIteration as end:
                 return end.value
-            self._pending[slot] = token  # decode_pending may decode it along with other slots' tokens
+            self._batch.wait(slot, token)  # decode_pending may decode it along with other slots' tokens
             yield token
 
     def decode_pending(self) -> None:
-        """One decode step for every slot whose generation waits to have a token decoded, when
-        there are several: the CPU copies' nets take the slots' caches as one batch, and a step
-        of four rows costs far less than four steps, its weights read once. Each slot's logits
-        wait in `_ready` for its generation's decode(). The batch is the slots from the first one
-        waiting to the last: rows of other slots among them go through too, at their next free
-        position, where nothing is read."""
-        if not self.batches or len(self._pending) < 2:
-            return
-        b, first, length = self.backend, min(self._pending), self.layout.cache_length
-        slots = range(first, max(self._pending) + 1)
-        filled = [self._slots[i].filled if i in self._slots else 0 for i in slots]
-        if max(filled) >= length:  # a full slot has no free row to write: step one by one
-            return
-        hidden, last_row, total, logits, k, v = self._batch_buffers(slots)
-        h = self.layout.hidden_size
-        for slot, token in self._pending.items():
-            self.embedding.decode(token, b.view(hidden[0], (1, 1, h), (slot - first) * h))
-        b.write(last_row, np.array(filled, np.int32))
-        b.write(total, np.array(max(filled) + 1, np.int32))
-        for i in range(self.layout.num_layers):
-            b.run(f"{self.layout.decode_net}_{i}", [hidden[0], last_row, total, k[i], v[i]], [hidden[1], k[i], v[i]])
-            hidden.reverse()
-        b.run("lm_head", [hidden[0]], [logits])
-        every = b.read(logits)
-        for slot, token in self._pending.items():
-            self._slots[slot].keys.append(token)
-            self._ready[slot] = token, every[slot - first]
-        self._pending.clear()
-
-    def _batch_buffers(self, slots: range) -> tuple:
-        """Hidden states (two), lengths, logits and the K and V caches of `slots`, for a batched
-        step over them."""
-        if slots not in self._batch_steps:
-            block, b, rows = self.nets[f"{self.layout.decode_net}_0"], self.backend, len(slots)
-            shape, size = (rows, *self._cache_spec.shape[1:]), int(np.prod(self._cache_spec.shape))
-            self._batch_steps[slots] = ([b.alloc((rows, 1, self.layout.hidden_size), block.inputs[0].dtype)
-                                         for _ in range(2)], b.alloc((rows,), np.int32), b.alloc((), np.int32),
-                                        b.alloc((rows, self.layout.vocab_size), self.nets["lm_head"].outputs[0].dtype),
-                                        *([b.view(layer, shape, slots.start * size) for layer in tensors]
-                                          for tensors in self._batch))
-        hidden, *rest = self._batch_steps[slots]
-        return [*hidden], *rest
+        """Where the nets take the slots as a batch (the CPU copies), decode the tokens that
+        generations on several slots wait to have decoded, in one step (language/slot_batch.py)."""
+        if self._batch is not None:
+            self._batch.step()
