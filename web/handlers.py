@@ -26,8 +26,8 @@ from vision.preprocess import ImageError, load_image
 DESCRIBE_PROMPT = "Describe the image."
 SESSION_POLL_S = 0.05
 # The page shows a streaming answer at most this often (the first piece at once): every update
-# is Gradio's work on the model's cores, and per token it cost a lone user's decoding about a
-# fifth of its speed (README, Benchmark).
+# is Gradio's work on the model's cores (a lone user's stats line, against the benchmark's
+# decoding: 0.77 when every token was shown, 0.81-0.91 since; README, Benchmark).
 PAGE_UPDATE_S = 0.05
 _CLAIMING = threading.Lock()  # guards the check-and-set of Session.answering, never held while waiting
 
