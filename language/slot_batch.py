@@ -13,23 +13,39 @@ slot's cache and row keys exactly as a decode() would have put it there.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Hashable, Protocol
 
 import numpy as np
 
 from language.embedding import Embedding
 from runtime.backend import Backend, Tensor, TensorSpec
 
-if TYPE_CHECKING:
-    from language.generate import KvSlot, NetLayout
+
+class Layout(Protocol):
+    """What a batch needs of the nets' layout (language/generate.py NetLayout)."""
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    cache_length: int
+    decode_net: str
+
+
+class Slot(Protocol):
+    """What a batch needs of a KV slot (language/generate.py KvSlot)."""
+    k: list[Tensor]
+    v: list[Tensor]
+    keys: list[Hashable]
+
+    @property
+    def filled(self) -> int: ...
 
 
 class SlotBatch:
     """`slots`: the Generator's KV slots by index, whose caches this batch holds (rows()).
     `steps`: whether lm_head takes a batch too, so that step() can decode several slots."""
 
-    def __init__(self, backend: Backend, layout: NetLayout, cache_spec: TensorSpec, embedding: Embedding,
-                 slots: dict[int, KvSlot], steps: bool):
+    def __init__(self, backend: Backend, layout: Layout, cache_spec: TensorSpec, embedding: Embedding,
+                 slots: dict[int, Slot], steps: bool):
         self.backend, self.layout, self.cache_spec, self.embedding = backend, layout, cache_spec, embedding
         self.slots, self.steps = slots, steps
         self._caches: tuple[list[Tensor], list[Tensor]] | None = None  # K and V, one tensor per layer
