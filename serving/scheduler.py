@@ -78,9 +78,8 @@ class Ticket:
             self.cancel()
 
     async def async_events(self) -> AsyncIterator[Event | Waiting]:
-        """events() for a consumer on an asyncio loop: each event wakes the loop directly, with no
-        worker thread passing it on (per token, such a hop costs the model's two cores a share
-        of their time)."""
+        """events() for a consumer on an asyncio loop: each event wakes the loop directly, so a
+        stream does not hold a thread of the server's pool while it waits for tokens."""
         loop, arrived = asyncio.get_running_loop(), asyncio.Event()
         self._arrived = lambda: loop.call_soon_threadsafe(arrived.set)
         try:

@@ -124,6 +124,17 @@ def test_a_cancelled_answer_hands_its_slot_to_the_next_in_line(tiny_model, slow)
 
 
 @pytest.mark.parametrize("weights", ["fp32", "int8"])
+def answers_side_by_side(model, questions: list[str], settings: SamplingSettings) -> tuple[list[str], list[int]]:
+    """The answers of the questions submitted at once to a 4-slot Scheduler, and the batch
+    size of each lm_head run on the way."""
+    batch_rows, run = [], model.generator.backend.run
+    model.generator.backend.run = lambda net, inputs, outputs: (
+        batch_rows.append(inputs[0].shape[0]) if net == "lm_head" else None, run(net, inputs, outputs))[1]
+    scheduler = Scheduler(model, slots=4)
+    tickets = [scheduler.submit(ChatRequest([], question, settings)) for question in questions]
+    return [list(ticket.events())[-1].answer for ticket in tickets], batch_rows
+
+
 def test_answers_on_several_slots_decode_as_one_batch_and_match_their_lone_answers(tiny_dir, tmp_path, weights):
     """The CPU copies' nets take the slots as a batch (language/generate.py decode_pending):
     four answers at once step together, and each is the answer it gets alone."""
@@ -136,12 +147,8 @@ def test_answers_on_several_slots_decode_as_one_batch_and_match_their_lone_answe
     questions = ["Hi there", "What is the capital of France?", "Tell me a story.", "Count to five, please."]
     model.family.stop_ids = frozenset()  # every answer runs its 12 tokens, side by side
     alone = [model.reply([], question, settings, slot=0).answer for question in questions]
-    batch_rows, run = [], model.generator.backend.run
-    model.generator.backend.run = lambda net, inputs, outputs: (
-        batch_rows.append(inputs[0].shape[0]) if net == "lm_head" else None, run(net, inputs, outputs))[1]
-    scheduler = Scheduler(model, slots=4)
-    tickets = [scheduler.submit(ChatRequest([], question, settings)) for question in questions]
-    assert [list(ticket.events())[-1].answer for ticket in tickets] == alone
+    answers, batch_rows = answers_side_by_side(model, questions, settings)
+    assert answers == alone
     assert batch_rows.count(4) >= 8  # most steps decoded the four answers in one
 
 
@@ -160,10 +167,6 @@ def test_two_answers_on_the_last_slots_decode_as_a_batch_of_two(tiny_dir, tmp_pa
     model.family.stop_ids = frozenset()
     questions = ["Hi there", "Tell me a story."]
     alone = [model.reply([], question, settings, slot=3).answer for question in questions]
-    batch_rows, run = [], model.generator.backend.run
-    model.generator.backend.run = lambda net, inputs, outputs: (
-        batch_rows.append(inputs[0].shape[0]) if net == "lm_head" else None, run(net, inputs, outputs))[1]
-    scheduler = Scheduler(model, slots=4)
-    tickets = [scheduler.submit(ChatRequest([], question, settings)) for question in questions]
-    assert [list(ticket.events())[-1].answer for ticket in tickets] == alone
+    answers, batch_rows = answers_side_by_side(model, questions, settings)
+    assert answers == alone
     assert batch_rows.count(2) >= 8 and 4 not in batch_rows

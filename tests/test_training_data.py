@@ -10,7 +10,8 @@ import torch
 from language.families.llama import LlamaFamily
 from language.tokenizers import load_tokenizer
 from training.evaluate import correct, kind, named_groups
-from training.examples import generated
+from training.examples import (CELL_COLOURS, CELL_KINDS, COLOUR_LABELS, COUNT, COUNT_LABELS, GRID, LABELS, SHAPE_LABELS,
+                               generated, scene_labels)
 from training.scenes import COLOURS, SHAPES, SIZE, Scene, Shape, draw_example, questions, random_scene
 from training.train_vision import CONFIG, Batcher
 
@@ -65,3 +66,27 @@ def test_every_answer_of_a_conversation_is_a_target_and_the_picture_sits_in_the_
     assert answers == "".join(a + "<|im_end|>" for _, a in conversation.history) + conversation.answer + "<|im_end|>"
     start = batcher.family.encode([], conversation.history[0][0], CONFIG.num_queries).image_start
     assert torch.equal(inputs[0, start:start + CONFIG.num_queries], prefix[0]) and bool(mask.all())
+
+
+def test_each_shape_is_labelled_in_the_patch_that_holds_its_centre():
+    scene = Scene((Shape("circle", "red", 0.1, 0.1, 0.08), Shape("star", "teal", 0.55, 0.9, 0.08)))
+    labels = scene_labels(scene)
+    cell_kinds, cell_colours = labels[CELL_KINDS], labels[CELL_COLOURS]
+    top_left, bottom_middle = 0, 6 * GRID + 3
+    assert cell_kinds[top_left] == 1 + SHAPE_LABELS.index("circle") and cell_colours[top_left] == COLOUR_LABELS.index("red")
+    assert cell_kinds[bottom_middle] == 1 + SHAPE_LABELS.index("star")
+    assert cell_colours[bottom_middle] == COLOUR_LABELS.index("teal")
+    assert sum(k > 0 for k in cell_kinds) == 2 and sum(c >= 0 for c in cell_colours) == 2
+    assert len(labels) == LABELS and labels[COUNT] == COUNT_LABELS.index(2)
+
+
+def test_the_auxiliary_heads_learn_from_every_patch_of_a_scene_and_skip_labels_a_picture_lacks():
+    from training.train_vision import AuxHeads
+
+    heads = AuxHeads(CONFIG)
+    pooled = torch.randn(2, CONFIG.qformer_width)
+    patches = torch.randn(2, GRID * GRID, CONFIG.vit_width, requires_grad=True)
+    scene = scene_labels(Scene((Shape("square", "blue", 0.5, 0.5, 0.1),)))
+    unknown = (0, -1, *(-1,) * (LABELS - 2))  # an easy-vqa picture: one shape, nowhere known
+    heads.loss(pooled, patches, torch.tensor([scene, unknown])).backward()
+    assert patches.grad[0].abs().sum(-1).gt(0).all() and not patches.grad[1].any()

@@ -27,7 +27,7 @@ import numpy as np
 
 from language.sampling import SamplingSettings
 from language.families import Turn
-from training.examples import SHAPE_LABELS, Example, easy_vqa, generated, scene_labels
+from training.examples import COLOURS_SEEN, KINDS, Example, easy_vqa, generated, scene_labels
 from training.scenes import COLOURS, NUMBERS, SHAPES, draw_scene, random_scene
 from web.handlers import DESCRIBE_PROMPT
 from vision.preprocess import load_image
@@ -67,8 +67,7 @@ def named_groups(reply: str) -> Counter:
 
 def kind(example: Example) -> str:
     """The question's kind; counting over shapes of more than one kind or colour is its own."""
-    labels = example.labels
-    kinds, colours = labels[2:2 + len(SHAPE_LABELS)], labels[2 + len(SHAPE_LABELS):]
+    kinds, colours = example.labels[KINDS], example.labels[COLOURS_SEEN]
     mixed = sum(k > 0 for k in kinds) > 1 or sum(c > 0 for c in colours) > 1
     return "count (mixed)" if example.kind == "count" and mixed else example.kind or "other"
 

@@ -20,7 +20,14 @@ SHAPE_LABELS = ("circle", "rectangle", "square", "triangle", "star")
 COLOUR_LABELS = tuple(COLOURS)
 POSITION_LABELS = POSITIONS
 COUNT_LABELS = (1, 2, 3, 4)
-LABELS = 2 + len(SHAPE_LABELS) + len(COLOUR_LABELS)  # count, position, count per kind, colour present
+GRID = 7  # the tower's patch grid: 224 px pictures in 32 px patches
+# Where each label sits in Example.labels:
+COUNT, POSITION = 0, 1
+KINDS = slice(2, 2 + len(SHAPE_LABELS))  # how many of each kind
+COLOURS_SEEN = slice(KINDS.stop, KINDS.stop + len(COLOUR_LABELS))  # 0/1: is the colour there
+CELL_KINDS = slice(COLOURS_SEEN.stop, COLOURS_SEEN.stop + GRID * GRID)  # per patch: 0, or 1 + the kind centred there
+CELL_COLOURS = slice(CELL_KINDS.stop, CELL_KINDS.stop + GRID * GRID)  # per patch: the colour of the shape centred there
+LABELS = CELL_COLOURS.stop
 
 
 @dataclass(frozen=True)
@@ -40,12 +47,19 @@ def _label(value, table) -> int:
 
 def scene_labels(scene: Scene) -> tuple[int, ...]:
     """Total count (index into COUNT_LABELS), the single shape's region, how many of each kind,
-    and whether each colour is there (0/1)."""
+    whether each colour is there (0/1), and for each patch of the tower's grid the kind and
+    colour of the shape centred in it: a target per object, which a count over the whole
+    picture alone does not teach a tower trained from scratch (measured: chance level)."""
     region = scene.shapes[0].region if scene.count == 1 else None
     kinds, colours = scene.kinds(), scene.colours()
+    cell_kinds, cell_colours = [0] * GRID * GRID, [-1] * GRID * GRID
+    for shape in scene.shapes:  # pictures are stretched to a square, so fractions keep their cell
+        cell = min(int(shape.y * GRID), GRID - 1) * GRID + min(int(shape.x * GRID), GRID - 1)
+        cell_kinds[cell] = 1 + SHAPE_LABELS.index(shape.kind)
+        cell_colours[cell] = COLOUR_LABELS.index(shape.colour)
     return (_label(scene.count, COUNT_LABELS), _label(region, POSITION_LABELS),
             *(kinds.get(k, 0) if k != "rectangle" else -1 for k in SHAPE_LABELS),
-            *(int(c in colours) for c in COLOUR_LABELS))
+            *(int(c in colours) for c in COLOUR_LABELS), *cell_kinds, *cell_colours)
 
 
 def easy_vqa(split: str) -> list[Example]:
@@ -67,7 +81,7 @@ def easy_vqa(split: str) -> list[Example]:
         known = truth[image_id]
         shape, colour = known.get("shape"), known.get("colour")
         labels = (0, -1, *((int(k == shape) if shape else -1) for k in SHAPE_LABELS),
-                  *((int(c == colour) if colour else -1) for c in COLOUR_LABELS))
+                  *((int(c == colour) if colour else -1) for c in COLOUR_LABELS), *(-1,) * 2 * GRID * GRID)
         reply = f"{answer.capitalize()}."
         if answer in ("yes", "no"):
             asked = "shape" if any(shape in text for shape in SHAPE_LABELS) else "colour"

@@ -51,12 +51,15 @@ from models.gguf_llama import read_llama_gguf
 from models.vision_adapter import read_vision_adapter
 from training.torch_llama import transformers_llama
 from language.tokenizers import load_tokenizer
-from training.examples import (COLOUR_LABELS, COUNT_LABELS, POSITION_LABELS, SHAPE_LABELS, TEXT_PROMPTS, Example,
-                               easy_vqa, generated, text_only)
+from training.examples import (CELL_COLOURS, CELL_KINDS, COLOUR_LABELS, COLOURS_SEEN, COUNT, COUNT_LABELS, GRID, KINDS,
+                               POSITION, POSITION_LABELS, SHAPE_LABELS, TEXT_PROMPTS, Example, easy_vqa, generated,
+                               text_only)
 from training.vision_tower import VisionConfig, VisionTower
 from vision.preprocess import to_pixels
 
 CONFIG = VisionConfig(patch_size=32, num_queries=16)  # 7x7 patches: the pictures are simple, CPU time is short
+assert CONFIG.image_size // CONFIG.patch_size == GRID
+PROBE_SEED, PROBE_SCENES = 30_000, 256  # held-out scenes the auxiliary heads are scored on as training goes
 LORA_RANK, LORA_ALPHA = 8, 16
 BASE_LR = (2e-4, 1e-3)  # tower and auxiliary heads; LoRA adapters
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -89,42 +92,57 @@ def add_lora(lm: nn.Module) -> dict[str, LoRALinear]:
 
 
 class AuxHeads(nn.Module):
-    """Classifiers on the mean of the Q-Former outputs: a fast, direct signal for the tower.
+    """Classifiers that give the tower a fast, direct signal, read from Example.labels.
 
-    They read Example.labels: how many shapes there are, where a single shape is, how many of
-    each kind (0-4), and which colours are there."""
+    On the mean of the Q-Former outputs: how many shapes there are, where a single shape is,
+    how many of each kind (0-4), and which colours are there. On each of the ViT's patch
+    tokens: the kind (or none) and the colour of the shape centred in that patch, so that
+    every object is told apart where it is; a count then sits in the tokens' sum."""
 
-    def __init__(self, width: int):
+    def __init__(self, config: VisionConfig):
         super().__init__()
+        width = config.qformer_width
         self.count = nn.Linear(width, len(COUNT_LABELS))
         self.position = nn.Linear(width, len(POSITION_LABELS))
         self.kinds = nn.Linear(width, len(SHAPE_LABELS) * 5)
         self.colours = nn.Linear(width, len(COLOUR_LABELS))
+        self.cell_kind = nn.Linear(config.vit_width, 1 + len(SHAPE_LABELS))
+        self.cell_colour = nn.Linear(config.vit_width, len(COLOUR_LABELS))
+        # Most patches hold no shape's centre: weighed like the rest, "none" is all the head learns.
+        self.register_buffer("cell_weight", torch.tensor([0.1] + [1.0] * len(SHAPE_LABELS)), persistent=False)
 
-    def loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        count, position = labels[:, 0], labels[:, 1]
-        kinds, colours = labels[:, 2:2 + len(SHAPE_LABELS)], labels[:, 2 + len(SHAPE_LABELS):]
-        ignore = dict(ignore_index=-1)
-        total = nn.functional.cross_entropy(self.count(pooled), count, **ignore) if (count >= 0).any() else 0
-        if (position >= 0).any():
-            total = total + nn.functional.cross_entropy(self.position(pooled), position, **ignore)
-        if (kinds >= 0).any():
-            logits = self.kinds(pooled).reshape(-1, len(SHAPE_LABELS), 5)
-            total = total + nn.functional.cross_entropy(logits.reshape(-1, 5), kinds.reshape(-1), **ignore)
+    def loss(self, pooled: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        count, position, kinds, colours = labels[:, COUNT], labels[:, POSITION], labels[:, KINDS], labels[:, COLOURS_SEEN]
+        cell_kinds, cell_colours = labels[:, CELL_KINDS].reshape(-1), labels[:, CELL_COLOURS].reshape(-1)
+        cross_entropy = lambda logits, target, weight=None: nn.functional.cross_entropy(  # noqa: E731
+            logits, target, weight, ignore_index=-1) if (target >= 0).any() else logits.sum() * 0
+        total = cross_entropy(self.count(pooled), count) + cross_entropy(self.position(pooled), position)
+        total = total + cross_entropy(self.kinds(pooled).reshape(-1, 5), kinds.reshape(-1))
         known = colours >= 0
         if known.any():
             total = total + nn.functional.binary_cross_entropy_with_logits(
                 self.colours(pooled)[known], colours[known].float())
-        return total
+        patches = patches.reshape(-1, patches.shape[-1])
+        return (total + cross_entropy(self.cell_kind(patches), cell_kinds, self.cell_weight)
+                + cross_entropy(self.cell_colour(patches), cell_colours))
+
+    @torch.no_grad()
+    def accuracy(self, pooled: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Held-out accuracy of the count head and of the per-patch heads on the patches that hold a shape."""
+        count, cell_kinds = labels[:, COUNT], labels[:, CELL_KINDS]
+        centred = cell_kinds > 0
+        return {"count": (self.count(pooled).argmax(-1) == count).float().mean().item(),
+                "cell_kind": (self.cell_kind(patches).argmax(-1) == cell_kinds)[centred].float().mean().item(),
+                "cell_colour": (self.cell_colour(patches).argmax(-1) == labels[:, CELL_COLOURS])[centred].float().mean().item()}
 
 
-def tower_outputs(tower: VisionTower, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prefix embeddings, pooled Q-Former output for the auxiliary heads)."""
+def tower_outputs(tower: VisionTower, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prefix embeddings, pooled Q-Former output, patch tokens) for the LM and the auxiliary heads."""
     image = tower.image_tokens(pixels)
     queries = tower.query_norm(tower.queries.expand(pixels.shape[0], -1, -1))
     for layer in tower.qformer:
         queries = layer(queries, image)
-    return tower.proj(queries), queries.mean(dim=1)
+    return tower.proj(queries), queries.mean(dim=1), image[:, 1:]
 
 
 def pixels_of(examples: list[Example]) -> torch.Tensor:
@@ -263,7 +281,7 @@ def main() -> None:
     lm = transformers_llama(*read_llama_gguf(find_smollm2_gguf()))
     lm.requires_grad_(False)
     adapters = add_lora(lm)
-    tower, heads = VisionTower(CONFIG), AuxHeads(CONFIG.qformer_width)
+    tower, heads = VisionTower(CONFIG), AuxHeads(CONFIG)
     lora_params = [p for a in adapters.values() for p in (a.lora_a, a.lora_b)]
     params = [*tower.parameters(), *heads.parameters(), *lora_params]
     optimizer = torch.optim.AdamW([  # a ViT from scratch wants a small step at this batch size
@@ -274,6 +292,8 @@ def main() -> None:
     if args.init and not init_from(args.init, tower, adapters):
         log(args.out, event="initialised", adapters=str(args.init), tower="afresh (another shape)")
     easy, scenes = easy_vqa("train"), generated(40000, seed=args.seed + 1, follow_ups=args.follow_ups)
+    probe = [e for e in generated(PROBE_SCENES * 4, seed=PROBE_SEED) if e.kind == "count"][:PROBE_SCENES]
+    probe_pixels, probe_labels = pixels_of(probe), labels_of(probe)
     text_examples = text_only(teacher_answers(TEXT_PROMPTS, args.out / "teacher_answers.json"))
     step, trained_s = 0, 0.0
     checkpoint = args.out / "checkpoint.pt"
@@ -308,8 +328,8 @@ def main() -> None:
         if not warm:
             batch[len(batch) - args.text_slots:] = random.sample(text_examples, args.text_slots)
         images = [e for e in batch if e.image is not None]
-        prefix, pooled = tower_outputs(tower, pixels_of(images))
-        aux = heads.loss(pooled, labels_of(images))
+        prefix, pooled, patches = tower_outputs(tower, pixels_of(images))
+        aux = heads.loss(pooled, patches, labels_of(images))
         if warm:
             loss, lm_loss = aux, None
         else:
@@ -325,6 +345,11 @@ def main() -> None:
         if step % 20 == 0:
             log(args.out, step=step, stage="warm-up" if warm else "end-to-end", aux=round(aux.item(), 4),
                 lm=None if lm_loss is None else round(lm_loss.item(), 4), minutes=round(trained_s / 60, 1))
+        if step % 250 == 0:
+            with torch.no_grad():
+                _, probe_pooled, probe_patches = tower_outputs(tower, probe_pixels)
+            log(args.out, step=step, held_out={k: round(v, 3) for k, v in heads.accuracy(
+                probe_pooled, probe_patches, probe_labels).items()})
         if time.time() - last_save > 300:
             save_checkpoint()
             save_adapter(args.out / "vision-adapter.npz", tower, adapters)
