@@ -15,7 +15,8 @@ What is trained, and why:
 Steps:
 1. warm-up (no language model): the tower alone learns how many shapes there are, how many
    of each kind, which colours, and where a single shape is, from auxiliary classification
-   heads on its query outputs, at ~0.4 s per batch of 32 instead of ~1.5 s per batch of 8
+   heads on its query outputs, and the kind and colour of the shape centred in each patch
+   from heads on its patch tokens, at ~0.4 s per batch of 32 instead of ~1.5 s per batch of 8
    with the LM in the loop;
 2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
    runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
