@@ -76,34 +76,36 @@ def test_a_failure_reaches_its_request_and_the_worker_goes_on(tiny_model, monkey
     assert list(scheduler.stream([], "Hi", SamplingSettings(max_new_tokens=3)))[-1].new_tokens == 3
 
 
-def test_answers_on_several_slots_take_turns_and_keep_to_themselves(tiny_seeing):
+def test_answers_on_several_slots_take_turns_and_keep_to_themselves(tiny_seeing, monkeypatch):
     from PIL import Image
 
     from language.chat import Done
+    from serving.scheduler import Ticket
     model = tiny_seeing[0]
     colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40), (200, 40, 200), (40, 200, 200),
                (250, 140, 20), (120, 120, 120)]
     pictures = [Image.new("RGB", (48, 48), rgb) for rgb in colours]
     settings = SamplingSettings(max_new_tokens=12, repetition_penalty=1.0)
     alone = [model.reply([], "What colour is it?", settings, image=p).answer for p in pictures]
+    produced, put = [], Ticket._put  # the order the scheduler hands events out in, whoever reads them when
+    monkeypatch.setattr(Ticket, "_put", lambda ticket, item: (produced.append((id(ticket), type(item).__name__)),
+                                                               put(ticket, item))[1])
     scheduler = Scheduler(model, slots=8)
-    order, answers = [], {}
+    tickets = [scheduler.submit(ChatRequest([], "What colour is it?", settings, p)) for p in pictures]
+    answers = [None] * 8
 
-    def ask(n):
-        for event in scheduler.stream([], "What colour is it?", settings, pictures[n]):
-            order.append((n, type(event).__name__))
-            if isinstance(event, Done):
-                answers[n] = event.answer
+    def read(n):
+        answers[n] = next(e for e in tickets[n].events() if isinstance(e, Done)).answer
 
-    threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+    threads = [threading.Thread(target=read, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert [answers[n] for n in range(8)] == alone  # no cross-talk between the slots
+    assert answers == alone  # no cross-talk between the slots
     assert len(set(alone)) > 4  # the pictures really drive the answers
-    first_done = next(i for i, (_, kind) in enumerate(order) if kind == "Done")
-    started = {n for n, kind in order[:first_done] if kind == "TextDelta"}
+    first_done = next(i for i, (_, kind) in enumerate(produced) if kind == "Done")
+    started = {ticket for ticket, kind in produced[:first_done] if kind == "TextDelta"}
     assert len(started) == 8  # every answer was streaming before any one of them finished
 
 
@@ -123,7 +125,6 @@ def test_a_cancelled_answer_hands_its_slot_to_the_next_in_line(tiny_model, slow)
     streams[1].close()
 
 
-@pytest.mark.parametrize("weights", ["fp32", "int8"])
 def answers_side_by_side(model, questions: list[str], settings: SamplingSettings) -> tuple[list[str], list[int]]:
     """The answers of the questions submitted at once to a 4-slot Scheduler, and the batch
     size of each lm_head run on the way."""
@@ -135,6 +136,7 @@ def answers_side_by_side(model, questions: list[str], settings: SamplingSettings
     return [list(ticket.events())[-1].answer for ticket in tickets], batch_rows
 
 
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
 def test_answers_on_several_slots_decode_as_one_batch_and_match_their_lone_answers(tiny_dir, tmp_path, weights):
     """The CPU copies' nets take the slots as a batch (language/generate.py decode_pending):
     four answers at once step together, and each is the answer it gets alone."""

@@ -109,7 +109,7 @@ class AuxHeads(nn.Module):
         self.colours = nn.Linear(width, len(COLOUR_LABELS))
         self.cell_kind = nn.Linear(config.vit_width, 1 + len(SHAPE_LABELS))
         self.cell_colour = nn.Linear(config.vit_width, len(COLOUR_LABELS))
-        # Most patches hold no shape's centre: weighed like the rest, "none" is all the head learns.
+        # Most patches hold no shape's centre: weighted like the rest, "none" is all the head learns.
         self.register_buffer("cell_weight", torch.tensor([0.1] + [1.0] * len(SHAPE_LABELS)), persistent=False)
 
     def loss(self, pooled: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
