@@ -1,6 +1,6 @@
 """The vision tower's state dict -> the ONNX `vision` net: pixels [1,3,S,S] -> prefix [1,Q,H].
 
-Mirrors training/vision_tower.py op for op (ViT, Q-Former, projection); the parameter
+Mirrors training/vision_tower.py op for op (convolution stem, ViT, Q-Former, projection); the parameter
 names are that module's state-dict names.
 """
 from __future__ import annotations
@@ -36,14 +36,21 @@ class _VisionWriter:
         ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
         return self.linear(g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [1, -1, width]), f"{name}.out")
 
+    def conv(self, x: str, name: str, kernel: int, stride: int, pad: int) -> str:
+        return self.g.op("Conv", x, self.g.weight(np.asarray(self.t[name + ".weight"], np.float32), name + ".weight"),
+                         self.g.weight(np.asarray(self.t[name + ".bias"], np.float32), name + ".bias"),
+                         kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=[pad] * 4)
+
     def mlp(self, x: str, name: str) -> str:
         return self.linear(self.g.gelu(self.linear(x, f"{name}.0")), f"{name}.2")
 
     def vit(self, pixels: str) -> str:
         g, c = self.g, self.c
-        x = g.op("Conv", pixels, g.weight(np.asarray(self.t["patch.weight"], np.float32), "patch.weight"),
-                 g.weight(np.asarray(self.t["patch.bias"], np.float32), "patch.bias"),
-                 kernel_shape=[c["patch_size"]] * 2, strides=[c["patch_size"]] * 2)
+        x, stem = pixels, c.get("stem_channels", ())
+        for i in range(len(stem)):  # nn.Sequential of (Conv2d, GELU) pairs
+            x = g.gelu(self.conv(x, f"stem.{2 * i}", kernel=3, stride=2, pad=1))
+        kernel = c["patch_size"] >> len(stem)
+        x = self.conv(x, "patch", kernel=kernel, stride=kernel, pad=0)
         x = g.transpose(g.reshape(x, [1, c["vit_width"], -1]), [0, 2, 1])
         x = g.op("Concat", g.weight(np.asarray(self.t["cls"], np.float32), "cls"), x, axis=1)
         x = g.op("Add", x, g.weight(np.asarray(self.t["pos"], np.float32), "pos"))

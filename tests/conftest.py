@@ -65,12 +65,14 @@ def tiny_vision(lm_hidden: int, seed: int = 0):
 
     torch.manual_seed(seed)
     config = VisionConfig(image_size=32, patch_size=8, vit_width=32, vit_layers=2, vit_heads=2, num_queries=4,
-                          qformer_width=32, qformer_layers=2, qformer_heads=2, lm_hidden=lm_hidden)
+                          qformer_width=32, qformer_layers=2, qformer_heads=2, lm_hidden=lm_hidden,
+                          stem_channels=(8,))  # a convolution stem, as the shipped tower has
     tower = VisionTower(config).eval()
     with torch.no_grad():
         for p in tower.parameters():
             p.add_(torch.randn_like(p) * 0.1)
         tower.proj.weight.mul_(20)  # prefix rows as large as word embeddings (std 1)
+        tower.stem[0].weight.mul_(4)  # pixel differences through the stem as strong as through a patch conv
     return tower, {k: v.numpy() for k, v in tower.state_dict().items()}
 
 

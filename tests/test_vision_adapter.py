@@ -42,7 +42,7 @@ def test_an_adapter_for_another_model_is_refused():
         merge_lora({"a.weight": np.zeros((2, 2))}, {"b.weight": (np.zeros((1, 2)), np.zeros((2, 1)))})
 
 
-def test_training_resumes_from_a_shipped_file_and_keeps_its_adapters_for_a_tower_of_another_shape(tmp_path):
+def test_training_resumes_from_a_shipped_file_and_keeps_its_adapters_and_the_tower_tensors_that_fit(tmp_path):
     torch.manual_seed(0)
     name = "model.layers.0.self_attn.q_proj.weight"
     shipped = LoRALinear(nn.Linear(6, 5, bias=False), rank=2, alpha=4)
@@ -51,12 +51,13 @@ def test_training_resumes_from_a_shipped_file_and_keeps_its_adapters_for_a_tower
     tower = VisionTower(SMALL)
     save_adapter(tmp_path / "a.npz", tower, {name: shipped})
 
-    for config, same_tower in ((SMALL, True), (replace(SMALL, num_queries=SMALL.num_queries + 2), False)):
+    with_stem = replace(SMALL, stem_channels=(4,))  # the patch conv then reads 4 channels, not 3
+    for config, afresh in ((SMALL, []), (with_stem, ["patch.weight", "stem.0.bias", "stem.0.weight"])):
         fresh, adapter = VisionTower(config), LoRALinear(nn.Linear(6, 5, bias=False), rank=2, alpha=4)
-        assert init_from(tmp_path / "a.npz", fresh, {name: adapter}) is same_tower
+        assert init_from(tmp_path / "a.npz", fresh, {name: adapter}) == afresh
         np.testing.assert_allclose(adapter.lora_b.detach().numpy(), shipped.lora_b.detach().numpy(), atol=1e-2)
-        kept = torch.equal(fresh.patch.weight.half(), tower.patch.weight.half())
-        assert kept is same_tower
+        assert torch.equal(fresh.vit[0].attn.q.weight.half(), tower.vit[0].attn.q.weight.half())
+        assert torch.equal(fresh.patch.weight.half(), tower.patch.weight.half()) is (config == SMALL)
 
 
 def test_teacher_answers_ask_only_the_prompts_not_asked_before(tmp_path, monkeypatch):

@@ -148,6 +148,27 @@ TEXT_PROMPTS = [
     "Can you help me plan a birthday party?", "What is the difference between weather and climate?",
     "Write a haiku about spring.", "What are some healthy breakfast ideas?", "Thank you!",
     "What is your favourite colour?", "Count from one to ten.", "Spell the word 'elephant'.",
+    # Requests for lists and names: with too few of them, a picture's listing leaked into the answers.
+    *(f"List {n} {things}." for n, things in
+      (("four", "musical instruments"), ("three", "kinds of trees"), ("five", "sports played with a ball"),
+       ("three", "jobs in a hospital"), ("four", "things found in a kitchen"), ("three", "famous rivers"),
+       ("two", "programming languages"), ("three", "board games"), ("five", "words that rhyme with cat"))),
+    *(f"Name {things}." for things in
+      ("three birds", "a famous painter", "two oceans", "four seasons of the year", "a mammal that can fly",
+       "three countries in South America", "a vegetable that is orange", "three kinds of weather")),
+    *(f"Give me {what}." for what in
+      ("a name for a new coffee shop", "three words that mean happy", "an idea for a weekend trip",
+       "a simple recipe for pancakes", "two reasons to learn to swim", "a nickname for a tall friend")),
+    *(f"Suggest {what}." for what in ("a hobby for a rainy day", "a gift for my grandmother", "a name for a puppy")),
+    *(f"What is {what}?" for what in
+      ("the tallest mountain in the world", "the chemical symbol for gold", "the square root of 81", "20 minus 8",
+       "a noun", "the main language of Brazil", "the freezing point of water", "the longest river in Africa")),
+    *(f"Why do {what}?" for what in ("leaves change colour in autumn", "we need sleep", "cats purr")),
+    "Write a limerick about a frog.", "Finish this sentence: The best part of the morning is",
+    "Is a tomato a fruit or a vegetable?", "Which is heavier, a kilo of feathers or a kilo of iron?",
+    "Tell me something interesting about elephants.", "What rhymes with 'light'?", "Good night!",
+    "Can you write a short email asking for a day off?", "What are the three states of matter?",
+    "Put these words in alphabetical order: pear, apple, mango.", "What time of day is breakfast eaten?",
 ]
 
 

@@ -1,6 +1,7 @@
 """The vision tower in PyTorch, for training: VisualGLM's shape in miniature.
 
-pixels [B,3,S,S] -> ViT (patch conv, class token, pre-LN blocks) -> image tokens [B,1+P,W]
+pixels [B,3,S,S] -> ViT (an optional stem of 3x3 stride-2 convolutions, the patch conv, class
+token, pre-LN blocks) -> image tokens [B,1+P,W]
 -> Q-Former (learned queries; each layer: self-attention, cross-attention to the image
 tokens, MLP; post-LN as in BERT/BLIP-2) -> linear projection -> [B,Q,H] prefix embeddings
 in the language model's embedding space.
@@ -29,13 +30,26 @@ class VisionConfig:
     qformer_heads: int = 4
     lm_hidden: int = 576
     eps: float = 1e-6
+    # Channels of 3x3 stride-2 convolutions before the patch conv, which then covers
+    # patch_size / 2**len(stem_channels) of their output: local edges and corners come from
+    # convolutions, which a single linear map of a whole patch learns slowly.
+    stem_channels: tuple[int, ...] = ()
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    @property
+    def patch_kernel(self) -> int:
+        return self.patch_size >> len(self.stem_channels)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as JSON stores it (lists for tuples)."""
+        return {**asdict(self), "stem_channels": list(self.stem_channels)}
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "VisionConfig":
+        return cls(**{**config, "stem_channels": tuple(config.get("stem_channels", ()))})
 
 
 class Attention(nn.Module):
@@ -90,7 +104,10 @@ class VisionTower(nn.Module):
     def __init__(self, c: VisionConfig):
         super().__init__()
         self.config = c
-        self.patch = nn.Conv2d(3, c.vit_width, c.patch_size, stride=c.patch_size)
+        channels = (3, *c.stem_channels)
+        self.stem = nn.Sequential(*(layer for n_in, n_out in zip(channels, channels[1:]) for layer in
+                                    (nn.Conv2d(n_in, n_out, 3, stride=2, padding=1), nn.GELU())))
+        self.patch = nn.Conv2d(channels[-1], c.vit_width, c.patch_kernel, stride=c.patch_kernel)
         self.cls = nn.Parameter(torch.zeros(1, 1, c.vit_width))
         self.pos = nn.Parameter(torch.randn(1, 1 + c.num_patches, c.vit_width) * 0.02)
         self.vit = nn.ModuleList(ViTBlock(c) for _ in range(c.vit_layers))
@@ -101,17 +118,17 @@ class VisionTower(nn.Module):
         self.proj = nn.Linear(c.qformer_width, c.lm_hidden)
 
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.patch(pixels).flatten(2).transpose(1, 2)
+        x = self.patch(self.stem(pixels)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
         for block in self.vit:
             x = block(x)
         return self.vit_norm(x)
 
-    def prefix(self, image: torch.Tensor) -> torch.Tensor:
+    def query_outputs(self, image: torch.Tensor) -> torch.Tensor:
         queries = self.query_norm(self.queries.expand(image.shape[0], -1, -1))
         for layer in self.qformer:
             queries = layer(queries, image)
-        return self.proj(queries)
+        return queries
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.prefix(self.image_tokens(pixels))
+        return self.proj(self.query_outputs(self.image_tokens(pixels)))
