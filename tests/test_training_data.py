@@ -13,7 +13,7 @@ from training.evaluate import correct, kind, named_groups
 from training.examples import (CELL_COLOURS, CELL_KINDS, COLOUR_LABELS, COUNT, COUNT_LABELS, GRID, LABELS, SHAPE_LABELS,
                                generated, scene_labels)
 from training.scenes import COLOURS, SHAPES, SIZE, Scene, Shape, draw_example, questions, random_scene
-from training.train_vision import CONFIG, Batcher
+from training.train_vision import CONFIG, PROBE_SCENES, Batcher, held_out_scenes
 
 SMOLLM2_VOCAB = 49152
 SCENES = [random_scene(random.Random(seed)) for seed in range(300)]
@@ -90,3 +90,10 @@ def test_the_auxiliary_heads_learn_from_every_patch_of_a_scene_and_skip_labels_a
     unknown = (0, -1, *(-1,) * (LABELS - 2))  # an easy-vqa picture: one shape, nowhere known
     heads.loss(pooled, patches, torch.tensor([scene, unknown])).backward()
     assert patches.grad[0].abs().sum(-1).gt(0).all() and not patches.grad[1].any()
+
+
+def test_the_held_out_probe_scores_each_scene_once_on_seeds_training_never_draws():
+    probe = held_out_scenes()
+    assert len(probe) == PROBE_SCENES == len({example.image for example in probe})
+    trained = {example.labels for example in generated(2000, seed=1)}
+    assert sum(example.labels in trained for example in probe) < PROBE_SCENES // 10  # a few simple scenes recur

@@ -147,6 +147,15 @@ def tower_outputs(tower: VisionTower, pixels: torch.Tensor) -> tuple[torch.Tenso
     return tower.proj(queries), queries.mean(dim=1), image[:, 1:]
 
 
+def held_out_scenes() -> list[Example]:
+    """One example of each of PROBE_SCENES held-out scenes: a scene's questions share its picture and labels."""
+    firsts: dict = {}
+    for example in generated(PROBE_SCENES * 10, seed=PROBE_SEED):
+        firsts.setdefault(example.image, example)
+    assert len(firsts) >= PROBE_SCENES
+    return list(firsts.values())[:PROBE_SCENES]
+
+
 def pixels_of(examples: list[Example]) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([to_pixels(e.image(), CONFIG.image_size) for e in examples]))
 
@@ -295,7 +304,7 @@ def main() -> None:
     if args.init:
         log(args.out, event="initialised", adapters=str(args.init), afresh=init_from(args.init, tower, adapters))
     easy, scenes = easy_vqa("train"), generated(40000, seed=args.seed + 1, follow_ups=args.follow_ups)
-    probe = [e for e in generated(PROBE_SCENES * 4, seed=PROBE_SEED) if e.kind == "count"][:PROBE_SCENES]
+    probe = held_out_scenes()
     probe_pixels, probe_labels = pixels_of(probe), labels_of(probe)
     text_examples = text_only(teacher_answers(TEXT_PROMPTS, args.out / "teacher_answers.json"))
     step, trained_s = 0, 0.0
