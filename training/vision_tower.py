@@ -47,10 +47,6 @@ class VisionConfig:
         """The config as JSON stores it (lists for tuples)."""
         return {**asdict(self), "stem_channels": list(self.stem_channels)}
 
-    @classmethod
-    def from_dict(cls, config: dict) -> "VisionConfig":
-        return cls(**{**config, "stem_channels": tuple(config.get("stem_channels", ()))})
-
 
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int, kv_width: int | None = None):
