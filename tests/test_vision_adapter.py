@@ -60,6 +60,14 @@ def test_training_resumes_from_a_shipped_file_and_keeps_its_adapters_and_the_tow
         assert torch.equal(fresh.patch.weight.half(), tower.patch.weight.half()) is (config == SMALL)
 
 
+def test_a_file_without_adapters_for_this_language_model_is_refused_by_name(tmp_path):
+    other = "model.layers.0.mlp.up_proj.weight"
+    save_adapter(tmp_path / "a.npz", VisionTower(SMALL), {other: LoRALinear(nn.Linear(6, 5, bias=False), rank=2, alpha=4)})
+    wanted = {"model.layers.0.self_attn.q_proj.weight": LoRALinear(nn.Linear(6, 5, bias=False), rank=2, alpha=4)}
+    with pytest.raises(SystemExit, match="no LoRA factors for model.layers.0.self_attn.q_proj.weight"):
+        init_from(tmp_path / "a.npz", VisionTower(SMALL), wanted)
+
+
 def test_teacher_answers_ask_only_the_prompts_not_asked_before(tmp_path, monkeypatch):
     asked = []
 

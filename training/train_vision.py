@@ -27,7 +27,8 @@ Steps:
 Data: easy-vqa's train split and scenes drawn by training/scenes.py (three in four picture
 examples), half of the latter asked as follow-ups after one to three earlier turns, with the
 picture in the first user message as the app puts it; every answer of a conversation is a
-target. With --steps, the step size falls linearly to zero over the last 30 % of the run.
+target. With --steps, the step size falls linearly to zero over the last 30 % of the run
+(--decay-share).
 Seeded; logs JSON lines to OUT/train.log; checkpoints to OUT/checkpoint.pt every few minutes
 and resumes from it; stops after --minutes and writes OUT/vision-adapter.npz, the file the
 app ships.
@@ -234,6 +235,10 @@ def init_from(path: Path, tower: VisionTower, adapters: dict[str, LoRALinear]) -
     """Load a shipped file's adapters (save_adapter's file) to train further, and every tower
     tensor of the same name and shape; returns the names of the tower's tensors that start afresh."""
     shipped = read_vision_adapter(path)
+    missing = sorted(set(adapters) - set(shipped.lora))
+    if missing:
+        raise SystemExit(f"{path} has no LoRA factors for {missing[0]} (and {len(missing) - 1} more): "
+                         "it was not trained for this language model")
     for name, adapter in adapters.items():
         a, b = shipped.lora[name]
         adapter.lora_a.data, adapter.lora_b.data = torch.from_numpy(a), torch.from_numpy(b) / adapter.scale
@@ -270,6 +275,10 @@ def main() -> None:
                         help="stop after this many steps instead (the same run on a busy or a faster machine)")
     parser.add_argument("--warmup-minutes", type=float, default=25, help="tower-only training before the LM joins")
     parser.add_argument("--warmup-steps", type=int, default=None, help="tower-only steps, with --steps")
+    parser.add_argument("--decay-share", type=float, default=0.3,
+                        help="with --steps, the share of the run over which the step size falls to zero")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="scales every step size (a smaller one suits a run that continues a trained tower)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -297,12 +306,18 @@ def main() -> None:
     params = [*tower.parameters(), *heads.parameters(), *lora_params]
     convolutions = [*tower.stem.parameters(), *tower.patch.parameters(), *heads.parameters()]
     transformers = [p for name, p in tower.named_parameters() if not name.startswith(("stem.", "patch."))]
+    base_lr = [lr * args.lr_scale for lr in BASE_LR]
     optimizer = torch.optim.AdamW([{"params": group, "lr": lr} for group, lr in
-                                   zip((convolutions, transformers, lora_params), BASE_LR)], weight_decay=0.01)
+                                   zip((convolutions, transformers, lora_params), base_lr)], weight_decay=0.01)
     batcher = Batcher(family, tokenizer, lm.model.embed_tokens)
 
+    # A tower loaded whole is already trained: its warm-up only fits the new auxiliary heads to it,
+    # so that their first, random gradients never reach it.
+    tower_trained = False
     if args.init:
-        log(args.out, event="initialised", adapters=str(args.init), afresh=init_from(args.init, tower, adapters))
+        afresh = init_from(args.init, tower, adapters)
+        tower_trained = not afresh
+        log(args.out, event="initialised", adapters=str(args.init), afresh=afresh)
     easy, scenes = easy_vqa("train"), generated(40000, seed=args.seed + 1, follow_ups=args.follow_ups)
     probe = held_out_scenes()
     probe_pixels, probe_labels = pixels_of(probe), labels_of(probe)
@@ -334,13 +349,14 @@ def main() -> None:
         size = args.batch * (4 if warm else 1)
         from_scenes = sum(random.random() < args.scene_share for _ in range(size))
         batch = random.sample(scenes, from_scenes) + random.sample(easy, size - from_scenes)
-        if args.steps and not warm:  # the step size falls to zero over the last 30 % of the run
-            for group, base in zip(optimizer.param_groups, BASE_LR):
-                group["lr"] = base * min(1.0, (args.steps - step) / (0.3 * args.steps))
+        if args.steps and not warm:  # the step size falls to zero over the last --decay-share of the run
+            for group, base in zip(optimizer.param_groups, base_lr):
+                group["lr"] = base * min(1.0, (args.steps - step) / (args.decay_share * args.steps))
         if not warm:
             batch[len(batch) - args.text_slots:] = random.sample(text_examples, args.text_slots)
         images = [e for e in batch if e.image is not None]
-        prefix, pooled, patches = tower_outputs(tower, pixels_of(images))
+        with torch.set_grad_enabled(not (warm and tower_trained)):
+            prefix, pooled, patches = tower_outputs(tower, pixels_of(images))
         aux = heads.loss(pooled, patches, labels_of(images))
         if warm:
             loss, lm_loss = aux, None
