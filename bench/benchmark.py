@@ -1,7 +1,8 @@
 """Benchmark the split-net runtime against transformers on SmolLM2, same weights, same prompt;
 then the seeing default model's vision time and first-token latency with and without an image.
 
-    python bench/benchmark.py [--runs 5] [--new-tokens 64] [--threads N] [--only RUNTIME|vision] [--json PATH]
+    python bench/benchmark.py [--runs 5] [--new-tokens 64] [--threads N] [--only RUNTIME|vision ...] [--busy SHARE]
+                              [--json PATH]
 
 Runtimes, on CPU with the same thread count:
   split nets, ONNX Runtime  this project: Generator.prefill / Generator.decode over the model's CPU copy
@@ -35,6 +36,10 @@ The vision part (smollm2-vision, one question about a drawn red circle, one new 
   vision net ms   preprocessed picture -> prefix embeddings, the image cache emptied first
   first token ms  no image / a new image (vision included) / the same image again (from the cache)
 
+With --busy SHARE, every runtime is measured a second time while another process keeps SHARE of
+one core busy in short bursts (5 ms periods, as a server streaming to its clients wakes up), and
+each runtime's rates under that load are printed beside its quiet ones.
+
 Each runtime runs in its own subprocess (this script with --worker) so peak memory is per runtime.
 Timed figures are medians over --runs after one warm-up run. They are wall-clock times on a
 machine that is doing other things too: expect a few percent of noise between invocations, more
@@ -43,6 +48,7 @@ on a busy or thermally throttled machine, and compare runtimes within one invoca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -326,6 +332,31 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@contextlib.contextmanager
+def busy_core(share: float):
+    """Another process keeps `share` of one core busy while the block runs."""
+    burner = subprocess.Popen([sys.executable, __file__, "--burn", str(share)])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait()
+
+
+def burn(share: float, period_s: float = 0.005) -> None:
+    while True:
+        until = time.perf_counter() + share * period_s
+        while time.perf_counter() < until:
+            pass
+        time.sleep((1 - share) * period_s)
+
+
+def slowdown(quiet: dict, busy: dict) -> str:
+    return (f"{quiet['runtime']}: decode {busy['decode_tok_s']:.1f} tok/s under load, "
+            f"{busy['decode_tok_s'] / quiet['decode_tok_s']:.2f}x its quiet rate; first token "
+            f"{busy['first_token_ms']:.1f} ms, {busy['first_token_ms'] / quiet['first_token_ms']:.2f}x its quiet time")
+
+
 def table(rows: list[dict], arch: dict) -> str:
     lines = ["| runtime | load s | first token ms | decode tok/s | weight GB/s | peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -352,7 +383,7 @@ def main(args: argparse.Namespace) -> None:
     from models.store import read_config
 
     config = read_config(export_once())
-    names = [args.only] if args.only else [*RUNTIMES, "vision"]
+    names = args.only or [*RUNTIMES, "vision"]
     rows = [run_worker(name, args) for name in names if name in RUNTIMES]
     bytes_per_token = weight_bytes_per_token(config["architecture"])
     measured = [r for r in rows if "error" not in r]
@@ -366,6 +397,17 @@ def main(args: argparse.Namespace) -> None:
     for ours, theirs in COMPARED:
         if ours in by_name and theirs in by_name:
             print(comparison(by_name[ours], by_name[theirs]))
+    busy_rows = None
+    if args.busy:
+        with busy_core(args.busy):
+            busy_rows = [run_worker(name, args) for name in by_name]
+        busy = {name: r for name, r in zip(by_name, busy_rows) if "error" not in r}
+        print(f"\nthe same, while another process keeps {args.busy:.0%} of a core busy:")
+        for name in busy:
+            print(slowdown(by_name[name], busy[name]))
+        for ours, theirs in COMPARED:
+            if ours in busy and theirs in busy:
+                print(comparison(busy[ours], busy[theirs]))
     if any(name in by_name for name in LLAMA_CPP_TYPES):
         from language.tokenizers import load_tokenizer
         from models.catalog import TEXT_MODEL
@@ -385,7 +427,7 @@ def main(args: argparse.Namespace) -> None:
     if args.json:
         result = {"model": config["name"], "prompt": PROMPT, "new_tokens": args.new_tokens, "runs": args.runs,
                   "threads": args.threads, "weight_bytes_per_token": bytes_per_token, "rows": rows,
-                  "vision": seeing}
+                  "busy": args.busy, "busy_rows": busy_rows, "vision": seeing}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -394,19 +436,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up (default 5)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both runtimes")
-    p.add_argument("--only", choices=[*RUNTIMES, "vision"], help="run this part only")
+    p.add_argument("--only", nargs="+", choices=[*RUNTIMES, "vision"], help="run these parts only")
+    p.add_argument("--busy", type=float, metavar="SHARE",
+                   help="also measure each runtime while another process keeps this share of a core busy")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
+    p.add_argument("--burn", type=float, help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=[*RUNTIMES, "vision"], help=argparse.SUPPRESS)
     p.add_argument("--requantize", choices=list(LLAMA_CPP_TYPES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.runs < 1 or args.new_tokens < 2 or args.threads < 1:
         p.error("--runs and --threads must be at least 1, --new-tokens at least 2")
+    if args.busy is not None and not 0 < args.busy <= 1:
+        p.error("--busy must be a share of a core, above 0 and at most 1")
     return args
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.requantize:
+    if arguments.burn:
+        burn(arguments.burn)
+    elif arguments.requantize:
         requantized_gguf(arguments.requantize)
     elif arguments.worker == "vision":
         print(json.dumps(vision_worker(arguments.runs, arguments.threads)))

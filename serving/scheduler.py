@@ -18,11 +18,9 @@ the queue if it has not started.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import queue
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator
@@ -71,28 +69,11 @@ class Ticket:
     _arrived: Callable[[], None] | None = None  # wakes an async_events() consumer
     cancelled: threading.Event = field(default_factory=threading.Event)
 
-    def events(self, every: float = 0.0) -> Iterator[Event | Waiting]:
-        """Waiting updates, then the ChatModel's events; a failure is raised here.
-
-        With `every` (seconds), the consumer's thread wakes at most that often and then takes
-        all that has arrived: on a CPU every wake-up of another thread takes a core from the
-        model's thread pool for a moment, and a page shows a few updates a second anyway.
-        """
+    def events(self) -> Iterator[Event | Waiting]:
+        """Waiting updates, then the ChatModel's events; a failure is raised here."""
         try:
-            woke = -math.inf
-            while True:
-                if every and (rest := woke + every - time.monotonic()) > 0:
-                    time.sleep(rest)
-                item = self._events.get()
-                woke = time.monotonic()
-                while True:
-                    if item is _END:
-                        return
-                    yield _event(item)
-                    try:
-                        item = self._events.get_nowait()
-                    except queue.Empty:
-                        break
+            while (item := self._events.get()) is not _END:
+                yield _event(item)
         finally:
             self.cancel()
 
@@ -182,10 +163,9 @@ class Scheduler:
 
     def stream(self, history: list[Turn], question: str, settings: SamplingSettings,
                image: Image.Image | None = None, *, system: str | None = None,
-               stop: tuple[str, ...] = (), every: float = 0.0) -> Iterator[Event | Waiting]:
-        """ChatModel.stream through the queue (QueueFull is raised at the first step); `every`:
-        see Ticket.events."""
-        yield from self.submit(ChatRequest(history, question, settings, image, system, stop)).events(every)
+               stop: tuple[str, ...] = ()) -> Iterator[Event | Waiting]:
+        """ChatModel.stream through the queue (QueueFull is raised at the first step)."""
+        yield from self.submit(ChatRequest(history, question, settings, image, system, stop)).events()
 
     @property
     def waiting(self) -> int:

@@ -1,13 +1,12 @@
 """The Scheduler: one owner of the model, a bounded queue, positions, and cancellation."""
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from language.chat import Done, TextDelta
 from language.sampling import SamplingSettings
-from serving.scheduler import _END, ChatRequest, QueueFull, Scheduler, Ticket, Waiting
+from serving.scheduler import ChatRequest, QueueFull, Scheduler, Waiting
 
 LONG = SamplingSettings(max_new_tokens=40, repetition_penalty=1.0)
 
@@ -174,21 +173,3 @@ def test_two_answers_on_the_last_slots_decode_as_a_batch_of_two(tiny_dir, tmp_pa
     answers, batch_rows = answers_side_by_side(model, questions, settings)
     assert answers == alone
     assert batch_rows.count(2) >= 8 and 4 not in batch_rows
-
-
-def test_a_throttled_stream_takes_what_arrived_while_it_slept_in_one_wake_up(monkeypatch):
-    ticket = Ticket(ChatRequest([], "One", LONG), SimpleNamespace(_forget=lambda ticket: None))
-    first, later = [TextDelta("a"), TextDelta("b")], [TextDelta("c"), TextDelta("d")]
-    naps = []
-
-    def sleep(seconds):  # the rest of the answer arrives while the consumer sleeps
-        naps.append(seconds)
-        for event in later:
-            ticket._put(event)
-        ticket._put(_END)
-
-    monkeypatch.setattr("serving.scheduler.time.sleep", sleep)
-    for event in first:
-        ticket._put(event)
-    assert list(ticket.events(every=0.05)) == first + later
-    assert len(naps) == 1 and 0 < naps[0] <= 0.05  # the first events passed at once, the rest in one wake-up

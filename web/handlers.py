@@ -135,8 +135,7 @@ def _answer(scheduler: Scheduler, session: Session, question: str, settings: Sam
                                 {"role": "assistant", "content": ""}]
     text, notice, done, shown_at = "", "", None, -math.inf
     try:
-        with closing(scheduler.stream(session.turns, question, settings, session.image,
-                                      every=PAGE_UPDATE_S)) as events:
+        with closing(scheduler.stream(session.turns, question, settings, session.image)) as events:
             for event in events:
                 if isinstance(event, Waiting):
                     yield Reply(shown, waiting_text(event))
