@@ -17,7 +17,7 @@ Steps:
    of each kind, which colours, and where a single shape is, from auxiliary classification
    heads on its query outputs, and the kind and colour of the shape centred in each patch
    from heads on its patch tokens, at ~0.4 s per batch of 32 instead of ~1.5 s per batch of 8
-   with the LM in the loop;
+   with the LM in the loop (with --init of a tower loaded whole, only the new heads learn here);
 2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
    runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
    stays on. Two slots of each batch of eight (--text-slots) are text-only chats answered
@@ -291,6 +291,8 @@ def main() -> None:
     parser.add_argument("--text-slots", type=int, default=2,
                         help="text-only chat examples in each end-to-end batch, to keep text chat as it was")
     args = parser.parse_args()
+    if not 0 < args.decay_share <= 1 or args.lr_scale <= 0:
+        parser.error("--decay-share must be above 0 and at most 1, --lr-scale above 0")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
