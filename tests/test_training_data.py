@@ -10,8 +10,8 @@ import torch
 from language.families.llama import LlamaFamily
 from language.tokenizers import load_tokenizer
 from training.evaluate import correct, kind, named_groups
-from training.examples import (CELL_COLOURS, CELL_KINDS, COLOUR_LABELS, COUNT, COUNT_LABELS, GRID, LABELS, SHAPE_LABELS,
-                               generated, scene_labels)
+from training.examples import (CELL_COLOURS, CELL_KINDS, COLOUR_LABELS, COUNT, COUNT_LABELS, EXTREMES, GRID, LABELS,
+                               ORDER, PAIR_COUNTS, PAIRS, SHAPE_LABELS, generated, pair, scene_labels)
 from training.scenes import COLOURS, SHAPES, SIZE, Scene, Shape, draw_example, questions, random_scene
 from training.train_vision import CONFIG, PROBE_SCENES, Batcher, held_out_scenes
 
@@ -78,6 +78,19 @@ def test_each_shape_is_labelled_in_the_patch_that_holds_its_centre():
     assert cell_colours[bottom_middle] == COLOUR_LABELS.index("teal")
     assert sum(k > 0 for k in cell_kinds) == 2 and sum(c >= 0 for c in cell_colours) == 2
     assert len(labels) == LABELS and labels[COUNT] == COUNT_LABELS.index(2)
+
+
+def test_which_colour_goes_with_which_kind_and_where_is_labelled():
+    scene = Scene((Shape("star", "teal", 0.55, 0.9, 0.08), Shape("circle", "red", 0.1, 0.1, 0.08),
+                   Shape("circle", "red", 0.9, 0.4, 0.08)))
+    labels = scene_labels(scene)
+    red_circle, teal_star = pair("red", "circle"), pair("teal", "star")
+    counts = labels[PAIR_COUNTS]
+    assert counts[red_circle] == 2 and counts[teal_star] == 1 and sum(counts) == 3
+    assert labels[ORDER] == (red_circle, teal_star, red_circle, PAIRS)  # from left to right, then none
+    left, right, top, bottom = labels[EXTREMES]
+    assert (left, right, top, bottom) == (red_circle, red_circle, red_circle, teal_star)
+    assert scene_labels(Scene(scene.shapes[:1]))[EXTREMES] == (-1,) * 4  # a single shape is no side's extreme
 
 
 def test_the_auxiliary_heads_learn_from_every_patch_of_a_scene_and_skip_labels_a_picture_lacks():

@@ -16,10 +16,10 @@ from vision.preprocess import load_image
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not catalog.VISION_ADAPTER.is_file(), reason="the vision adapter is not shipped")]
 GREEDY = SamplingSettings(max_new_tokens=24)
-# Floors a little under what the shipped tower scores on these samples (100 %, 87 %, 88 %, 80 %;
-# the README has the figures over larger sets). Descriptions have no floor here: training/evaluate.py
-# reports them (75 % of scenes of 1-3 shapes named right).
-FLOOR_EASY_VQA, FLOOR_SCENES, FLOOR_REWORDED, FLOOR_FOLLOW_UPS = 0.95, 0.8, 0.8, 0.7
+# Floors a little under what the shipped tower scores on these samples (easy-vqa 100 %, scenes 85 %,
+# reworded 97.5 %, follow-ups 77 %; the README has the figures over larger sets). Descriptions have
+# no floor here: training/evaluate.py reports them (75 % of scenes of 1-3 shapes named right).
+FLOOR_EASY_VQA, FLOOR_SCENES, FLOOR_REWORDED, FLOOR_FOLLOW_UPS = 0.95, 0.8, 0.9, 0.7
 
 
 @pytest.fixture(scope="module")

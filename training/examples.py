@@ -13,7 +13,7 @@ from typing import Callable
 
 from PIL import Image
 
-from training.scenes import COLOURS, POSITIONS, Scene, draw_scene, questions, random_scene, reasoned
+from training.scenes import COLOURS, POSITIONS, SHAPES, SIDES, Scene, draw_scene, extreme, questions, random_scene, reasoned
 from web.handlers import DESCRIBE_PROMPT
 
 SHAPE_LABELS = ("circle", "rectangle", "square", "triangle", "star")
@@ -27,7 +27,16 @@ KINDS = slice(2, 2 + len(SHAPE_LABELS))  # how many of each kind
 COLOURS_SEEN = slice(KINDS.stop, KINDS.stop + len(COLOUR_LABELS))  # 0/1: is the colour there
 CELL_KINDS = slice(COLOURS_SEEN.stop, COLOURS_SEEN.stop + GRID * GRID)  # per patch: 0, or 1 + the kind centred there
 CELL_COLOURS = slice(CELL_KINDS.stop, CELL_KINDS.stop + GRID * GRID)  # per patch: the colour of the shape centred there
-LABELS = CELL_COLOURS.stop
+# Which colour goes with which kind, and where: (colour, kind) pairs of drawn scenes, numbered
+PAIRS = len(COLOUR_LABELS) * len(SHAPES)
+PAIR_COUNTS = slice(CELL_COLOURS.stop, CELL_COLOURS.stop + PAIRS)  # how many of each pair (0-4)
+ORDER = slice(PAIR_COUNTS.stop, PAIR_COUNTS.stop + 4)  # the pair of the 1st..4th shape from the left; PAIRS: none
+EXTREMES = slice(ORDER.stop, ORDER.stop + len(SIDES))  # the pair clearly furthest left/right/up/down, or -1
+LABELS = EXTREMES.stop
+
+
+def pair(colour: str, kind: str) -> int:
+    return COLOUR_LABELS.index(colour) * len(SHAPES) + SHAPES.index(kind)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,9 @@ def scene_labels(scene: Scene) -> tuple[int, ...]:
     """Total count (index into COUNT_LABELS), the single shape's region, how many of each kind,
     whether each colour is there (0/1), and for each patch of the tower's grid the kind and
     colour of the shape centred in it: a target per object, which a count over the whole
-    picture alone does not teach a tower trained from scratch (measured: chance level)."""
+    picture alone does not teach a tower trained from scratch (measured: chance level).
+    Then what binds colours to kinds and places: how many of each (colour, kind) pair, the
+    pairs from left to right (the order of a description), and the pair at each extreme."""
     region = scene.shapes[0].region if scene.count == 1 else None
     kinds, colours = scene.kinds(), scene.colours()
     cell_kinds, cell_colours = [0] * GRID * GRID, [-1] * GRID * GRID
@@ -57,9 +68,14 @@ def scene_labels(scene: Scene) -> tuple[int, ...]:
         cell = min(int(shape.y * GRID), GRID - 1) * GRID + min(int(shape.x * GRID), GRID - 1)
         cell_kinds[cell] = 1 + SHAPE_LABELS.index(shape.kind)
         cell_colours[cell] = COLOUR_LABELS.index(shape.colour)
+    pairs = collections.Counter(pair(s.colour, s.kind) for s in scene.shapes)
+    order = [pair(s.colour, s.kind) for s in sorted(scene.shapes, key=lambda s: s.x)]
+    extremes = [extreme(scene, side) for side in SIDES]
     return (_label(scene.count, COUNT_LABELS), _label(region, POSITION_LABELS),
             *(kinds.get(k, 0) if k != "rectangle" else -1 for k in SHAPE_LABELS),
-            *(int(c in colours) for c in COLOUR_LABELS), *cell_kinds, *cell_colours)
+            *(int(c in colours) for c in COLOUR_LABELS), *cell_kinds, *cell_colours,
+            *(pairs.get(i, 0) for i in range(PAIRS)), *(order + [PAIRS] * (4 - len(order))),
+            *(-1 if s is None else pair(s.colour, s.kind) for s in extremes))
 
 
 def easy_vqa(split: str) -> list[Example]:
@@ -81,7 +97,8 @@ def easy_vqa(split: str) -> list[Example]:
         known = truth[image_id]
         shape, colour = known.get("shape"), known.get("colour")
         labels = (0, -1, *((int(k == shape) if shape else -1) for k in SHAPE_LABELS),
-                  *((int(c == colour) if colour else -1) for c in COLOUR_LABELS), *(-1,) * 2 * GRID * GRID)
+                  *((int(c == colour) if colour else -1) for c in COLOUR_LABELS),
+                  *(-1,) * (LABELS - CELL_KINDS.start))
         reply = f"{answer.capitalize()}."
         if answer in ("yes", "no"):
             asked = "shape" if any(shape in text for shape in SHAPE_LABELS) else "colour"

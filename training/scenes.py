@@ -23,12 +23,21 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
            "black": (20, 20, 20), "gray": (128, 128, 128), "brown": (130, 80, 40), "teal": (0, 128, 128),
            "orange": (250, 140, 20), "purple": (140, 50, 170)}
+# The same names as HTML/CSS (and PIL's ImageColor) define them: pictures people draw often
+# use these, so a shape's colour is drawn anywhere between the two.
+NAMED_COLOURS = {"red": (255, 0, 0), "green": (0, 128, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
+                 "black": (0, 0, 0), "gray": (128, 128, 128), "brown": (165, 42, 42), "teal": (0, 128, 128),
+                 "orange": (255, 165, 0), "purple": (128, 0, 128)}
 SHAPES = ("circle", "square", "triangle", "star")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 WHERE = {"left": "On the left.", "right": "On the right.", "top": "At the top.", "bottom": "At the bottom.",
          "center": "In the center."}
 NUMBERS = ("none", "one", "two", "three", "four")
 SIZE = 224
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class Scene:
 
     def listing(self) -> str:
         """'a red circle and two blue squares'"""
-        parts = [f"{'a' if n == 1 else NUMBERS[n]} {colour} {kind}{'s' if n > 1 else ''}"
+        parts = [f"{article(colour) if n == 1 else NUMBERS[n]} {colour} {kind}{'s' if n > 1 else ''}"
                  for n, colour, kind in self.groups()]
         return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
@@ -111,12 +120,12 @@ def random_scene(rng: random.Random) -> Scene:
     return Scene(tuple(shapes))
 
 
-def _background(scene: Scene, rng: random.Random) -> Image.Image:
-    """A plain, shaded or speckled background that no shape of the scene blends into."""
+def _background(fills: list[tuple[int, int, int]], rng: random.Random) -> Image.Image:
+    """A plain, shaded or speckled background that none of the shapes' `fills` blends into."""
     while True:  # light most often, sometimes a greyish tone from dark to light
         grey = rng.randint(215, 255) if rng.random() < 0.7 else rng.randint(60, 235)
         base = [max(0, min(255, grey + rng.randint(-25, 25))) for _ in range(3)]
-        if all(math.dist(base, COLOURS[s.colour]) > 140 for s in scene.shapes):
+        if all(math.dist(base, fill) > 140 for fill in fills):
             break
     image = Image.new("RGB", (SIZE, SIZE), tuple(base))
     style = rng.random()
@@ -155,12 +164,19 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, colour: tuple[int, int,
         draw.polygon(_polygon(shape.kind, cx, cy, r, turn), fill=colour)
 
 
+def _fill(colour: str, rng: random.Random) -> tuple[int, int, int]:
+    """An RGB that people call `colour`: between the palette's tone and the named one, give or take."""
+    t = rng.random()
+    return tuple(max(0, min(255, round(a + (b - a) * t) + rng.randint(-12, 12)))
+                 for a, b in zip(COLOURS[colour], NAMED_COLOURS[colour]))
+
+
 def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
-    image = _background(scene, rng)
+    fills = [_fill(shape.colour, rng) for shape in scene.shapes]
+    image = _background(fills, rng)
     draw = ImageDraw.Draw(image)
-    for shape in scene.shapes:
-        colour = tuple(max(0, min(255, c + rng.randint(-15, 15))) for c in COLOURS[shape.colour])
-        _draw_shape(draw, shape, colour, rng.uniform(-0.25, 0.25) if shape.kind != "circle" else 0.0)
+    for shape, fill in zip(scene.shapes, fills):
+        _draw_shape(draw, shape, fill, rng.uniform(-0.25, 0.25) if shape.kind != "circle" else 0.0)
     return _as_uploaded(image, rng)
 
 
@@ -271,17 +287,28 @@ def _and(words: list[str]) -> str:
     return text[0].upper() + text[1:]
 
 
+SIDES = {"left": ("x", 1), "right": ("x", -1), "top": ("y", 1), "bottom": ("y", -1)}
+
+
+def extreme(scene: Scene, side: str) -> Shape | None:
+    """The shape clearly further to `side` ("left", "right", "top", "bottom") than all others, if one is."""
+    key, sign = SIDES[side]
+    ranked = sorted(scene.shapes, key=lambda s: sign * getattr(s, key))
+    if len(ranked) > 1 and sign * (getattr(ranked[1], key) - getattr(ranked[0], key)) > 0.2:
+        return ranked[0]
+    return None
+
+
 def _extremes(scene: Scene, rng: random.Random) -> list[QA]:
     """'What is on the left?' where one shape is clearly further that way than the others."""
     out = []
-    for side, key, sign in (("left", "x", 1), ("right", "x", -1), ("top", "y", 1), ("bottom", "y", -1)):
-        ranked = sorted(scene.shapes, key=lambda s: sign * getattr(s, key))
-        if sign * (getattr(ranked[1], key) - getattr(ranked[0], key)) > 0.2:
+    for side in SIDES:
+        shape = extreme(scene, side)
+        if shape is not None:
             word = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}[side]
-            shape = ranked[0]
             out.append(QA(_phrase(rng, f"What is {word}?", f"Which shape is {word}?", f"What do you see {word}?",
                                   f"Which {rng.choice(('shape', 'object'))} is furthest {'up' if side == 'top' else 'down' if side == 'bottom' else side}?"),
-                          f"A {shape.name}.", shape.name, "position"))
+                          f"{article(shape.name).capitalize()} {shape.name}.", shape.name, "position"))
     return rng.sample(out, min(len(out), 1))
 
 

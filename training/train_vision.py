@@ -53,9 +53,9 @@ from models.gguf_llama import read_llama_gguf
 from models.vision_adapter import read_vision_adapter
 from training.torch_llama import transformers_llama
 from language.tokenizers import load_tokenizer
-from training.examples import (CELL_COLOURS, CELL_KINDS, COLOUR_LABELS, COLOURS_SEEN, COUNT, COUNT_LABELS, GRID, KINDS,
-                               POSITION, POSITION_LABELS, SHAPE_LABELS, TEXT_PROMPTS, Example, easy_vqa, generated,
-                               text_only)
+from training.examples import (CELL_COLOURS, CELL_KINDS, COLOUR_LABELS, COLOURS_SEEN, COUNT, COUNT_LABELS, EXTREMES, GRID,
+                               KINDS, ORDER, PAIR_COUNTS, PAIRS, POSITION, POSITION_LABELS, SHAPE_LABELS, TEXT_PROMPTS,
+                               Example, easy_vqa, generated, text_only)
 from training.vision_tower import VisionConfig, VisionTower
 from vision.preprocess import to_pixels
 
@@ -102,7 +102,11 @@ class AuxHeads(nn.Module):
     On the mean of the Q-Former outputs: how many shapes there are, where a single shape is,
     how many of each kind (0-4), and which colours are there. On each of the ViT's patch
     tokens: the kind (or none) and the colour of the shape centred in that patch, so that
-    every object is told apart where it is; a count then sits in the tokens' sum."""
+    every object is told apart where it is; a count then sits in the tokens' sum. And, on the
+    mean again, which colour goes with which kind: how many of each (colour, kind) pair, the
+    pairs from left to right and the pair at each extreme. Without these, descriptions named
+    the right colours and kinds but paired them wrongly ("a black triangle and a gray circle"
+    for a black circle and a gray triangle)."""
 
     def __init__(self, config: VisionConfig):
         super().__init__()
@@ -113,6 +117,9 @@ class AuxHeads(nn.Module):
         self.colours = nn.Linear(width, len(COLOUR_LABELS))
         self.cell_kind = nn.Linear(config.vit_width, 1 + len(SHAPE_LABELS))
         self.cell_colour = nn.Linear(config.vit_width, len(COLOUR_LABELS))
+        self.pairs = nn.Linear(width, PAIRS * 5)
+        self.order = nn.Linear(width, (ORDER.stop - ORDER.start) * (PAIRS + 1))
+        self.extremes = nn.Linear(width, (EXTREMES.stop - EXTREMES.start) * PAIRS)
         # Most patches hold no shape's centre: weighted like the rest, "none" is all the head learns.
         self.register_buffer("cell_weight", torch.tensor([0.1] + [1.0] * len(SHAPE_LABELS)), persistent=False)
 
@@ -123,6 +130,9 @@ class AuxHeads(nn.Module):
             logits, target, weight, ignore_index=-1) if (target >= 0).any() else logits.sum() * 0
         total = cross_entropy(self.count(pooled), count) + cross_entropy(self.position(pooled), position)
         total = total + cross_entropy(self.kinds(pooled).reshape(-1, 5), kinds.reshape(-1))
+        total = total + cross_entropy(self.pairs(pooled).reshape(-1, 5), labels[:, PAIR_COUNTS].reshape(-1))
+        total = total + cross_entropy(self.order(pooled).reshape(-1, PAIRS + 1), labels[:, ORDER].reshape(-1))
+        total = total + cross_entropy(self.extremes(pooled).reshape(-1, PAIRS), labels[:, EXTREMES].reshape(-1))
         known = colours >= 0
         if known.any():
             total = total + nn.functional.binary_cross_entropy_with_logits(
@@ -133,10 +143,15 @@ class AuxHeads(nn.Module):
 
     @torch.no_grad()
     def accuracy(self, pooled: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Held-out accuracy of the count head and of the per-patch heads on the patches that hold a shape."""
-        count, cell_kinds = labels[:, COUNT], labels[:, CELL_KINDS]
+        """Held-out accuracy of the count head, of the per-patch heads on the patches that hold a
+        shape, and of the pair heads (every pair's count right; every shape's pair in order)."""
+        count, cell_kinds, order = labels[:, COUNT], labels[:, CELL_KINDS], labels[:, ORDER]
         centred = cell_kinds > 0
+        pairs = self.pairs(pooled).reshape(len(labels), PAIRS, 5).argmax(-1)
+        in_order = self.order(pooled).reshape(len(labels), -1, PAIRS + 1).argmax(-1)
         return {"count": (self.count(pooled).argmax(-1) == count).float().mean().item(),
+                "pairs": (pairs == labels[:, PAIR_COUNTS]).all(-1).float().mean().item(),
+                "order": (in_order == order).all(-1).float().mean().item(),
                 "cell_kind": (self.cell_kind(patches).argmax(-1) == cell_kinds)[centred].float().mean().item(),
                 "cell_colour": (self.cell_colour(patches).argmax(-1) == labels[:, CELL_COLOURS])[centred].float().mean().item()}
 
