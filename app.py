@@ -9,11 +9,15 @@ in the terminal.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
 for key, value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
     os.environ.setdefault(key, value)  # no telemetry, no hub: set before gradio is imported
+# Gradio sums up its event log (up to 10,000 events, with pandas: 8 ms at that size) after every
+# event, for its monitoring page; once every 100 events is enough.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 from options import add_model_args, add_sampling_args, open_model  # noqa: E402
 
@@ -80,6 +84,11 @@ def serve(model, defaults, *, host: str = "127.0.0.1", port: int = 7860, share: 
                          max_body_mb=max_upload_mb * 4 // 3 + 1)  # base64 is a third larger than the file
     demo = build_ui(scheduler, defaults)
     queue_events(demo, queue_size)
+    # Everything made so far lives as long as the server. Frozen, it is no longer walked by the
+    # full collections that serving sets off; each walked it for about 50 ms holding the GIL,
+    # which stalled the model's steps (README, Benchmark).
+    gc.collect()
+    gc.freeze()
     demo.launch(server_name=host, server_port=port, share=share, auth=tuple(auth.split(":", 1)) if auth else None,
                 max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, quiet=not block,
                 app_kwargs={"routes": api_routes(scheduler, options)}, **LAUNCH_OPTIONS)

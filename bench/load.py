@@ -1,6 +1,7 @@
 """Many users at once, through the HTTP API: time to first token and tokens/s per user.
 
     python bench/load.py [--model smollm2-vision] [--users 1 2 4 8] [--slots 4] [--rounds 2] [--max-tokens 48]
+                         [--page-pairs 3] [--page-answers 7]
 
 Starts the app (`python app.py`, its own process) twice on the same model: the baseline with
 one KV slot and every prompt read whole (`--slots 1 --no-prefix-reuse`: answers one at a
@@ -17,8 +18,10 @@ first question: the first token's time (streamed) at turns 1, 3 and 6, medians o
 conversations (the baseline reads the whole conversation again at every turn; with prefix
 reuse a follow-up reads only its new turn, as far as the model's prompt format keeps the
 earlier turns unchanged). Last, the decoding rate that the web page's stats line shows for a
-lone user's answers on the second server, beside bench/benchmark.py's int8 decoding run just
-before that server started (the text model: the same layers and sizes as the seeing one).
+lone user's answers on the second server (median of --page-answers), in --page-pairs pairs,
+each beside a bench/benchmark.py int8 decoding run (the text model: the same layers and sizes
+as the seeing one) made just before it while that server sits idle: one pair's ratio swings
+by several points on a shared machine, so each is printed and then their median.
 
 Wall-clock figures on a shared machine: compare the two servers within one invocation only.
 """
@@ -123,7 +126,7 @@ def follow_up_times(client, model: str, max_tokens: int, picture: str | None = N
     return {turn: statistics.median(values) for turn, values in times.items()}
 
 
-def page_rate(url: str, answers: int = 5, max_tokens: int = 64) -> float:
+def page_rate(url: str, answers: int, max_tokens: int = 64) -> float:
     """The tokens/s of the page's stats line (median over `answers` text-tab answers, each from
     a session of its own)."""
     from gradio_client import Client
@@ -176,16 +179,19 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--page-pairs", type=int, default=3)
+    parser.add_argument("--page-answers", type=int, default=7)
     args = parser.parse_args()
+    if min(args.page_pairs, args.page_answers) < 1:
+        parser.error("--page-pairs and --page-answers must be at least 1")
 
     import openai
 
     print(f"{args.model}, {os.cpu_count()} cores; {args.max_tokens} new tokens at most, greedy; "
           f"medians over {args.rounds} round(s)")
     print(f"{'server':<16} {'users':>5} {'TTFT p50 s':>11} {'TTFT p95 s':>11} {'user tok/s':>11} {'total tok/s':>12}")
-    follow_ups, rates_beside = {}, None
+    follow_ups, pairs = {}, []
     for slots, reuse in ((1, False), (args.slots, True)):
-        benchmark = benchmark_rate() if reuse else None
         server, url = start_app(args.model, slots, reuse)
         label = f"{slots} slot{'s' if slots > 1 else ''}" + (", reuse" if reuse else "")
         try:
@@ -204,17 +210,21 @@ def main() -> None:
                       f"{statistics.median(totals):>12.1f}", flush=True)
             follow_ups[label] = follow_up_times(client, name, args.max_tokens)
             follow_ups[label + ", picture"] = follow_up_times(client, name, args.max_tokens, red_circle_uri())
-            if benchmark is not None:
-                rates_beside = page_rate(url), benchmark
+            if reuse:
+                for _ in range(args.page_pairs):
+                    benchmark = benchmark_rate()
+                    pairs.append((page_rate(url, args.page_answers), benchmark))
         finally:
             server.terminate()
             server.wait(timeout=60)
     for label, times in follow_ups.items():
         print(f"follow-ups on {label:<23} first token s: " + ", ".join(f"turn {t}: {times[t]:.2f}" for t in (1, 3, 6))
               + f"; turn 6 / turn 1 = {times[6] / times[1]:.2f}")
-    page, benchmark = rates_beside
-    print(f"the page's stats line, one user: {page:.1f} tokens/s; bench/benchmark.py int8 decode: {benchmark:.1f} "
-          f"tokens/s; page / benchmark = {page / benchmark:.2f}")
+    for page, benchmark in pairs:
+        print(f"the page's stats line, one user: {page:.1f} tokens/s; bench/benchmark.py int8 decode just before: "
+              f"{benchmark:.1f} tokens/s; page / benchmark = {page / benchmark:.2f}")
+    print(f"page / benchmark, median of {len(pairs)} pairs: "
+          f"{statistics.median(page / benchmark for page, benchmark in pairs):.2f}")
 
 
 if __name__ == "__main__":

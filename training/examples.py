@@ -30,7 +30,8 @@ CELL_COLOURS = slice(CELL_KINDS.stop, CELL_KINDS.stop + GRID * GRID)  # per patc
 # Which colour goes with which kind, and where: (colour, kind) pairs of drawn scenes, numbered
 PAIRS = len(COLOUR_LABELS) * len(SHAPES)
 PAIR_COUNTS = slice(CELL_COLOURS.stop, CELL_COLOURS.stop + PAIRS)  # how many of each pair (0-4)
-ORDER = slice(PAIR_COUNTS.stop, PAIR_COUNTS.stop + 4)  # the pair of the 1st..4th shape from the left; PAIRS: none
+MOST_SHAPES = max(COUNT_LABELS)
+ORDER = slice(PAIR_COUNTS.stop, PAIR_COUNTS.stop + MOST_SHAPES)  # the pair of each shape from the left; PAIRS: none
 EXTREMES = slice(ORDER.stop, ORDER.stop + len(SIDES))  # the pair clearly furthest left/right/up/down, or -1
 LABELS = EXTREMES.stop
 
@@ -74,7 +75,7 @@ def scene_labels(scene: Scene) -> tuple[int, ...]:
     return (_label(scene.count, COUNT_LABELS), _label(region, POSITION_LABELS),
             *(kinds.get(k, 0) if k != "rectangle" else -1 for k in SHAPE_LABELS),
             *(int(c in colours) for c in COLOUR_LABELS), *cell_kinds, *cell_colours,
-            *(pairs.get(i, 0) for i in range(PAIRS)), *(order + [PAIRS] * (4 - len(order))),
+            *(pairs.get(i, 0) for i in range(PAIRS)), *(order + [PAIRS] * (MOST_SHAPES - len(order))),
             *(-1 if s is None else pair(s.colour, s.kind) for s in extremes))
 
 
