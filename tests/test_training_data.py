@@ -5,6 +5,7 @@ import re
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 
 from language.families.llama import LlamaFamily
@@ -97,12 +98,32 @@ def test_the_auxiliary_heads_learn_from_every_patch_of_a_scene_and_skip_labels_a
     from training.train_vision import AuxHeads
 
     heads = AuxHeads(CONFIG)
-    pooled = torch.randn(2, CONFIG.qformer_width)
+    queries = torch.randn(2, CONFIG.num_queries, CONFIG.qformer_width)
     patches = torch.randn(2, GRID * GRID, CONFIG.vit_width, requires_grad=True)
     scene = scene_labels(Scene((Shape("square", "blue", 0.5, 0.5, 0.1),)))
     unknown = (0, -1, *(-1,) * (LABELS - 2))  # an easy-vqa picture: one shape, nowhere known
-    heads.loss(pooled, patches, torch.tensor([scene, unknown])).backward()
+    heads.loss(queries, patches, torch.tensor([scene, unknown])).backward()
     assert patches.grad[0].abs().sum(-1).gt(0).all() and not patches.grad[1].any()
+
+
+def test_each_drawn_shape_gets_a_query_row_of_its_own_the_one_likeliest_to_hold_it():
+    from training.train_vision import AuxHeads
+
+    heads = AuxHeads(CONFIG)
+    red_circle, teal_star = pair("red", "circle"), pair("teal", "star")
+    queries = torch.zeros(2, CONFIG.num_queries, CONFIG.qformer_width)
+    with torch.no_grad():  # row 3 is sure of a red circle, row 5 a little less; nothing else stands out
+        heads.slot.weight.zero_(), heads.slot.bias.zero_()
+        heads.slot.weight[red_circle, 0] = 1.0
+        queries[0, 3, 0], queries[0, 5, 0] = 5.0, 4.0
+    two_red_circles_and_a_star = Scene((Shape("circle", "red", 0.1, 0.1, 0.08), Shape("star", "teal", 0.5, 0.5, 0.08),
+                                        Shape("circle", "red", 0.9, 0.4, 0.08)))
+    unknown = (0, -1, *(-1,) * (LABELS - 2))
+    logits, pairs = heads.slots(queries, torch.tensor([scene_labels(two_red_circles_and_a_star), unknown]))
+    assert pairs.tolist() == [red_circle, teal_star, red_circle]  # the easy-vqa picture has no rows to match
+    assert logits[0, red_circle] == logits[2, red_circle] + 1 == 5.0  # two circles, two rows: 3 and then 5
+    assert heads.accuracy(queries, torch.zeros(2, GRID * GRID, CONFIG.vit_width),
+                          torch.tensor([scene_labels(two_red_circles_and_a_star), unknown]))["slots"] == pytest.approx(2 / 3)
 
 
 def test_the_held_out_probe_scores_each_scene_once_on_seeds_training_never_draws():

@@ -13,13 +13,14 @@ from typing import Callable
 
 from PIL import Image
 
-from training.scenes import COLOURS, POSITIONS, SHAPES, SIDES, Scene, draw_scene, extreme, questions, random_scene, reasoned
+from training.scenes import (COLOURS, COUNTS, POSITIONS, SHAPES, SIDES, Scene, draw_scene, extreme, questions, random_scene,
+                             reasoned)
 from web.handlers import DESCRIBE_PROMPT
 
 SHAPE_LABELS = ("circle", "rectangle", "square", "triangle", "star")
 COLOUR_LABELS = tuple(COLOURS)
 POSITION_LABELS = POSITIONS
-COUNT_LABELS = (1, 2, 3, 4)
+COUNT_LABELS = COUNTS
 GRID = 7  # the tower's patch grid: 224 px pictures in 32 px patches
 # Where each label sits in Example.labels:
 COUNT, POSITION = 0, 1

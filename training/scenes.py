@@ -32,6 +32,7 @@ SHAPES = ("circle", "square", "triangle", "star")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 WHERE = {"left": "On the left.", "right": "On the right.", "top": "At the top.", "bottom": "At the bottom.",
          "center": "In the center."}
+COUNTS = (1, 2, 3, 4)  # how many shapes a scene holds
 NUMBERS = ("none", "one", "two", "three", "four")
 SIZE = 224
 
@@ -105,7 +106,7 @@ class Scene:
 
 
 def random_scene(rng: random.Random) -> Scene:
-    count = rng.choice((1, 2, 3, 4))
+    count = rng.choice(COUNTS)
     style = rng.random()
     kinds = [rng.choice(SHAPES)] * count if style < 0.35 else [rng.choice(SHAPES) for _ in range(count)]
     colours = ([rng.choice(list(COLOURS))] * count if style < 0.2 or 0.35 <= style < 0.5

@@ -10,18 +10,21 @@ What is trained, and why:
   frozen. A frozen 135 M model cannot be steered into answering yes/no questions about an
   image from a prefix alone (measured: chance level), so, as VisualGLM does when it is
   fine-tuned, the language model gets low-rank adapters; they are merged into its weights
-  at export.
+  at export. With --frozen-adapters they stay as --init has them, so text chat answers
+  exactly as that file's model does and only the tower learns.
 
 Steps:
 1. warm-up (no language model): the tower alone learns how many shapes there are, how many
    of each kind, which colours, and where a single shape is, from auxiliary classification
-   heads on its query outputs, and the kind and colour of the shape centred in each patch
-   from heads on its patch tokens, at ~0.4 s per batch of 32 instead of ~1.5 s per batch of 8
-   with the LM in the loop (with --init of a tower loaded whole, only the new heads learn here);
+   heads on its query outputs, the (colour, kind) of each shape on a query row of its own,
+   and the kind and colour of the shape centred in each patch from heads on its patch
+   tokens, at ~0.4 s per batch of 32 instead of ~1.5 s per batch of 8 with the LM in the
+   loop (with --init of a tower loaded whole, only the new heads learn here);
 2. end to end: image -> tower -> prefix rows spliced into the chat prompt exactly as the
    runtime does -> the frozen LM + LoRA -> cross-entropy on the answer; the auxiliary loss
-   stays on. Two slots of each batch of eight (--text-slots) are text-only chats answered
-   beforehand by the untouched model (self-distillation), so text chat keeps its behaviour. The LM runs under
+   stays on. Two slots of each batch of eight (--text-slots; none with --frozen-adapters)
+   are text-only chats answered beforehand by the untouched model (self-distillation), so
+   text chat keeps its behaviour. The LM runs under
    bfloat16 autocast (the master weights stay fp32): 3x faster on CPUs with AVX-512 BF16.
 
 Data: easy-vqa's train split and scenes drawn by training/scenes.py (three in four picture
@@ -120,10 +123,31 @@ class AuxHeads(nn.Module):
         self.pairs = nn.Linear(width, PAIRS * 5)
         self.order = nn.Linear(width, (ORDER.stop - ORDER.start) * (PAIRS + 1))
         self.extremes = nn.Linear(width, (EXTREMES.stop - EXTREMES.start) * PAIRS)
+        self.slot = nn.Linear(width, PAIRS)  # on each query row: the (colour, kind) pair of the shape it holds
         # Most patches hold no shape's centre: weighted like the rest, "none" is all the head learns.
         self.register_buffer("cell_weight", torch.tensor([0.1] + [1.0] * len(SHAPE_LABELS)), persistent=False)
 
-    def loss(self, pooled: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def slots(self, queries: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each drawn shape's pair and the logits of the query row it is given: the free row
+        likeliest to hold that pair, matched greedily. A row of its own for every object is
+        what a description that pairs each colour with its kind reads from."""
+        logits = self.slot(queries)
+        rows, pairs = [], []
+        with torch.no_grad():
+            scores = logits.log_softmax(-1)
+        for b, order in enumerate(labels[:, ORDER].tolist()):
+            free = torch.ones(queries.shape[1], dtype=torch.bool)
+            for p in (p for p in order if 0 <= p < PAIRS):
+                row = int(torch.where(free, scores[b, :, p], -torch.inf).argmax())
+                free[row] = False
+                rows.append(logits[b, row])
+                pairs.append(p)
+        if not rows:
+            return logits[:0, 0], torch.zeros(0, dtype=torch.long)
+        return torch.stack(rows), torch.tensor(pairs)
+
+    def loss(self, queries: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pooled = queries.mean(dim=1)
         count, position, kinds, colours = labels[:, COUNT], labels[:, POSITION], labels[:, KINDS], labels[:, COLOURS_SEEN]
         cell_kinds, cell_colours = labels[:, CELL_KINDS].reshape(-1), labels[:, CELL_COLOURS].reshape(-1)
         cross_entropy = lambda logits, target, weight=None: nn.functional.cross_entropy(  # noqa: E731
@@ -137,14 +161,20 @@ class AuxHeads(nn.Module):
         if known.any():
             total = total + nn.functional.binary_cross_entropy_with_logits(
                 self.colours(pooled)[known], colours[known].float())
+        slot_logits, slot_pairs = self.slots(queries, labels)
+        if len(slot_pairs):
+            total = total + nn.functional.cross_entropy(slot_logits, slot_pairs)
         patches = patches.reshape(-1, patches.shape[-1])
         return (total + cross_entropy(self.cell_kind(patches), cell_kinds, self.cell_weight)
                 + cross_entropy(self.cell_colour(patches), cell_colours))
 
     @torch.no_grad()
-    def accuracy(self, pooled: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def accuracy(self, queries: torch.Tensor, patches: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Held-out accuracy of the count head, of the per-patch heads on the patches that hold a
-        shape, and of the pair heads (every pair's count right; every shape's pair in order)."""
+        shape, of the pair heads (every pair's count right; every shape's pair in order), and of
+        the rows (each shape's matched row names its pair)."""
+        pooled = queries.mean(dim=1)
+        slot_logits, slot_pairs = self.slots(queries, labels)
         count, cell_kinds, order = labels[:, COUNT], labels[:, CELL_KINDS], labels[:, ORDER]
         centred = cell_kinds > 0
         pairs = self.pairs(pooled).reshape(len(labels), PAIRS, 5).argmax(-1)
@@ -152,15 +182,16 @@ class AuxHeads(nn.Module):
         return {"count": (self.count(pooled).argmax(-1) == count).float().mean().item(),
                 "pairs": (pairs == labels[:, PAIR_COUNTS]).all(-1).float().mean().item(),
                 "order": (in_order == order).all(-1).float().mean().item(),
+                "slots": (slot_logits.argmax(-1) == slot_pairs).float().mean().item(),
                 "cell_kind": (self.cell_kind(patches).argmax(-1) == cell_kinds)[centred].float().mean().item(),
                 "cell_colour": (self.cell_colour(patches).argmax(-1) == labels[:, CELL_COLOURS])[centred].float().mean().item()}
 
 
 def tower_outputs(tower: VisionTower, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(prefix embeddings, pooled Q-Former output, patch tokens) for the LM and the auxiliary heads."""
+    """(prefix embeddings, Q-Former output rows, patch tokens) for the LM and the auxiliary heads."""
     image = tower.image_tokens(pixels)
     queries = tower.query_outputs(image)
-    return tower.proj(queries), queries.mean(dim=1), image[:, 1:]
+    return tower.proj(queries), queries, image[:, 1:]
 
 
 def held_out_scenes() -> list[Example]:
@@ -305,9 +336,15 @@ def main() -> None:
                         help="the share of drawn-scene examples asked after earlier turns")
     parser.add_argument("--text-slots", type=int, default=2,
                         help="text-only chat examples in each end-to-end batch, to keep text chat as it was")
+    parser.add_argument("--frozen-adapters", action="store_true",
+                        help="keep --init's LoRA adapters as they are: text chat answers exactly as that file's "
+                             "model does, and only the tower learns (text-only examples then teach nothing)")
     args = parser.parse_args()
     if not 0 < args.decay_share <= 1 or args.lr_scale <= 0:
         parser.error("--decay-share must be above 0 and at most 1, --lr-scale above 0")
+    if args.frozen_adapters and not args.init:
+        parser.error("--frozen-adapters keeps the adapters of --init, which is missing")
+    text_slots = 0 if args.frozen_adapters else args.text_slots
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -320,12 +357,16 @@ def main() -> None:
     adapters = add_lora(lm)
     tower, heads = VisionTower(CONFIG), AuxHeads(CONFIG)
     lora_params = [p for a in adapters.values() for p in (a.lora_a, a.lora_b)]
+    if args.frozen_adapters:
+        for p in lora_params:
+            p.requires_grad_(False)
+        lora_params = []
     params = [*tower.parameters(), *heads.parameters(), *lora_params]
     convolutions = [*tower.stem.parameters(), *tower.patch.parameters(), *heads.parameters()]
     transformers = [p for name, p in tower.named_parameters() if not name.startswith(("stem.", "patch."))]
     base_lr = [lr * args.lr_scale for lr in BASE_LR]
     optimizer = torch.optim.AdamW([{"params": group, "lr": lr} for group, lr in
-                                   zip((convolutions, transformers, lora_params), base_lr)], weight_decay=0.01)
+                                   zip((convolutions, transformers, lora_params), base_lr) if group], weight_decay=0.01)
     batcher = Batcher(family, tokenizer, lm.model.embed_tokens)
 
     # A tower loaded whole is already trained: its warm-up only fits the new auxiliary heads to it,
@@ -338,7 +379,7 @@ def main() -> None:
     easy, scenes = easy_vqa("train"), generated(40000, seed=args.seed + 1, follow_ups=args.follow_ups)
     probe = held_out_scenes()
     probe_pixels, probe_labels = pixels_of(probe), labels_of(probe)
-    text_examples = text_only(teacher_answers(TEXT_PROMPTS, args.out / "teacher_answers.json"))
+    text_examples = text_only(teacher_answers(TEXT_PROMPTS, args.out / "teacher_answers.json")) if text_slots else []
     step, trained_s = 0, 0.0
     checkpoint = args.out / "checkpoint.pt"
     if checkpoint.is_file():
@@ -369,12 +410,12 @@ def main() -> None:
         if args.steps and not warm:  # the step size falls to zero over the last --decay-share of the run
             for group, base in zip(optimizer.param_groups, base_lr):
                 group["lr"] = base * min(1.0, (args.steps - step) / (args.decay_share * args.steps))
-        if not warm:
-            batch[len(batch) - args.text_slots:] = random.sample(text_examples, args.text_slots)
+        if not warm and text_slots:
+            batch[len(batch) - text_slots:] = random.sample(text_examples, text_slots)
         images = [e for e in batch if e.image is not None]
         with torch.set_grad_enabled(not (warm and tower_trained)):
-            prefix, pooled, patches = tower_outputs(tower, pixels_of(images))
-        aux = heads.loss(pooled, patches, labels_of(images))
+            prefix, queries, patches = tower_outputs(tower, pixels_of(images))
+        aux = heads.loss(queries, patches, labels_of(images))
         if warm:
             loss, lm_loss = aux, None
         else:
@@ -392,9 +433,9 @@ def main() -> None:
                 lm=None if lm_loss is None else round(lm_loss.item(), 4), minutes=round(trained_s / 60, 1))
         if step % 250 == 0:
             with torch.no_grad():
-                _, probe_pooled, probe_patches = tower_outputs(tower, probe_pixels)
+                _, probe_queries, probe_patches = tower_outputs(tower, probe_pixels)
             log(args.out, step=step, held_out={k: round(v, 3) for k, v in heads.accuracy(
-                probe_pooled, probe_patches, probe_labels).items()})
+                probe_queries, probe_patches, probe_labels).items()})
         if time.time() - last_save > 300:
             save_checkpoint()
             save_adapter(args.out / "vision-adapter.npz", tower, adapters)
