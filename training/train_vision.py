@@ -161,9 +161,7 @@ class AuxHeads(nn.Module):
         if known.any():
             total = total + nn.functional.binary_cross_entropy_with_logits(
                 self.colours(pooled)[known], colours[known].float())
-        slot_logits, slot_pairs = self.slots(queries, labels)
-        if len(slot_pairs):
-            total = total + nn.functional.cross_entropy(slot_logits, slot_pairs)
+        total = total + cross_entropy(*self.slots(queries, labels))
         patches = patches.reshape(-1, patches.shape[-1])
         return (total + cross_entropy(self.cell_kind(patches), cell_kinds, self.cell_weight)
                 + cross_entropy(self.cell_colour(patches), cell_colours))
